@@ -1,0 +1,294 @@
+"""Parameter pytrees for LSTM, GRU and Elman RNN, and their initialisers.
+
+Layout (pinned by ``tests/test_params.py``; other code and users rely on it):
+
+* A model's params are ``tuple[tuple[Weights, ...], ...]`` indexed ``params[layer][direction]``, direction 0 the
+  forward and 1 the backward pass. ``len(params)`` is L, ``len(params[0])`` is D. This is PyTorch's order: its
+  ``weight_ih_l{k}`` / ``weight_ih_l{k}_reverse`` become ``params[k][0]`` / ``params[k][1]``.
+* Kernels are stored input-major, ``x @ w_ih`` (JAX's convention), so ``w_ih`` is PyTorch's ``weight_ih`` transposed.
+  The G gate blocks sit side by side on the last axis in PyTorch's gate order (:data:`LSTM_GATES`,
+  :data:`GRU_GATES`), so a single matmul computes every gate's pre-activation.
+* Both biases are kept, as in PyTorch, so that ``from_torch``/``to_torch`` round-trip exactly and GRU's ``b_hn``
+  can sit inside ``r ⊙ (W_hn h + b_hn)``.
+
+Default initialisation (each part overridable through the ``init_*`` keyword arguments):
+
+* input kernels ``w_ih``: LeCun normal, i.e. truncated normal with variance 1/fan_in, fan_in = the layer's input
+  width, drawn per gate block (``jax.nn.initializers.lecun_normal``);
+* recurrent kernels ``w_hh``: orthogonal, one orthogonal (H_in, H) block per gate (``jax.nn.initializers.orthogonal``),
+  so each gate's recurrence starts norm-preserving (Saxe et al. 2014);
+* LSTM projection ``w_hr``: LeCun normal with fan_in = H;
+* biases zero, except the LSTM forget gate's ``b_ih`` slice, which is ``forget_bias`` = 1.0 so that the cell starts
+  out remembering (Gers et al. 2000; Jozefowicz, Zaremba & Sutskever 2015).
+
+PyTorch's own scheme (every weight and bias uniform in ±1/√H) differs; import a torch module with
+:func:`lstm_jax.from_torch` to get its exact values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal, TypeAlias
+
+import jax
+import jax.numpy as jnp
+
+from ._typing import Array, DType, PRNGKey
+
+LSTM_GATES = ("i", "f", "g", "o")
+"""LSTM gate order along the kernels' last axis: input, forget, cell candidate, output (PyTorch, cuDNN, Flax)."""
+GRU_GATES = ("r", "z", "n")
+"""GRU gate order along the kernels' last axis: reset, update, new (PyTorch, cuDNN)."""
+NONLINEARITIES = ("tanh", "relu")
+
+Initializer: TypeAlias = Callable[[PRNGKey, tuple[int, ...], DType], Array]
+
+
+def _register(cls, meta_fields=()):
+    data_fields = [f.name for f in dataclasses.fields(cls) if f.name not in meta_fields]
+    return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=list(meta_fields))
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMWeights:
+    """One direction of one LSTM layer.
+
+    Attributes:
+      w_ih: (I, 4H) input kernel, gate blocks i, f, g, o.
+      w_hh: (P, 4H) recurrent kernel (P = H without projection).
+      b_ih: (4H,) input bias.
+      b_hh: (4H,) recurrent bias.
+      w_hr: (H, P) projection kernel of LSTMP (Sak et al. 2014), or None.
+    """
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Array
+    b_hh: Array
+    w_hr: Array | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w_ih.shape[-1] // 4
+
+    @property
+    def output_size(self) -> int:
+        """Width of h: P with a projection, else H."""
+        return self.hidden_size if self.w_hr is None else self.w_hr.shape[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUWeights:
+    """One direction of one GRU layer.
+
+    Attributes:
+      w_ih: (I, 3H) input kernel, gate blocks r, z, n.
+      w_hh: (H, 3H) recurrent kernel.
+      b_ih: (3H,) input bias.
+      b_hh: (3H,) recurrent bias (its n block is PyTorch's ``b_hn``, applied inside ``r ⊙ (·)``).
+    """
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Array
+    b_hh: Array
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w_hh.shape[0]
+
+    output_size = hidden_size
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNWeights:
+    """One direction of one Elman RNN layer.
+
+    Attributes:
+      w_ih: (I, H) input kernel.
+      w_hh: (H, H) recurrent kernel.
+      b_ih: (H,) input bias.
+      b_hh: (H,) recurrent bias.
+      nonlinearity: ``"tanh"`` or ``"relu"``; static (pytree metadata), so it survives ``jit`` and ``tree.map``.
+    """
+
+    w_ih: Array
+    w_hh: Array
+    b_ih: Array
+    b_hh: Array
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+    @property
+    def hidden_size(self) -> int:
+        return self.w_hh.shape[0]
+
+    output_size = hidden_size
+
+
+_register(LSTMWeights)
+_register(GRUWeights)
+_register(RNNWeights, meta_fields=("nonlinearity",))
+
+Weights: TypeAlias = LSTMWeights | GRUWeights | RNNWeights
+LSTMParams: TypeAlias = tuple[tuple[LSTMWeights, ...], ...]
+GRUParams: TypeAlias = tuple[tuple[GRUWeights, ...], ...]
+RNNParams: TypeAlias = tuple[tuple[RNNWeights, ...], ...]
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _per_gate(init: Initializer, key: PRNGKey, rows: int, hidden: int, gates: int, dtype: DType) -> Array:
+    """(rows, gates·hidden) kernel whose gate blocks are drawn independently, so each block gets the scheme's
+    statistics (an orthogonal (rows, 4H) matrix would not have orthogonal (rows, H) blocks)."""
+    keys = jax.random.split(key, gates)
+    return jnp.concatenate([init(k, (rows, hidden), dtype) for k in keys], axis=-1)
+
+
+def _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction):
+    """Builds ``params[layer][direction]``; layer l > 0 reads the D·output_size concatenated outputs of layer l-1."""
+    num_directions = 2 if bidirectional else 1
+    keys = jax.random.split(key, num_layers * num_directions)
+    params = []
+    for layer in range(num_layers):
+        layer_input = input_size if layer == 0 else num_directions * output_size
+        params.append(
+            tuple(
+                init_direction(keys[layer * num_directions + d], layer_input) for d in range(num_directions)
+            )
+        )
+    return tuple(params)
+
+
+def init_lstm(
+    key: PRNGKey,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    proj_size: int = 0,
+    dtype: DType = jnp.float32,
+    input_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    projection_init: Initializer = jax.nn.initializers.lecun_normal(),
+    forget_bias: float = 1.0,
+) -> LSTMParams:
+    """Initialises the parameters of a (stacked, optionally bidirectional, optionally projected) LSTM.
+
+    Args:
+      key: PRNG key.
+      input_size: I, features of the input sequence.
+      hidden_size: H, width of the cell state.
+      num_layers: L, stacked layers.
+      bidirectional: two directions per layer (D = 2) when True.
+      proj_size: P > 0 adds an LSTMP projection h = (o ⊙ tanh(c)) W_hr of width P < H; 0 for none.
+      dtype: parameter dtype.
+      input_init: initialiser of each (I, H) gate block of ``w_ih``; default LeCun normal (variance 1/I).
+      recurrent_init: initialiser of each (P, H) gate block of ``w_hh``; default orthogonal.
+      projection_init: initialiser of ``w_hr`` (H, P); default LeCun normal.
+      forget_bias: value of the forget gate's ``b_ih`` block; default 1.0 (Jozefowicz et al. 2015).
+
+    Returns:
+      ``params[layer][direction]`` of :class:`LSTMWeights` (see the module docstring for the layout).
+
+    >>> import jax, lstm_jax
+    >>> params = lstm_jax.init_lstm(jax.random.key(0), 3, 8, num_layers=2, bidirectional=True)
+    >>> len(params), len(params[0]), params[1][0].w_ih.shape
+    (2, 2, (16, 32))
+    """
+    _check_positive_int("input_size", input_size)
+    _check_positive_int("hidden_size", hidden_size)
+    _check_positive_int("num_layers", num_layers)
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
+        raise ValueError(f"proj_size must be an int in [0, hidden_size={hidden_size}), got {proj_size!r}")
+    output_size = proj_size or hidden_size
+    forget = slice(hidden_size, 2 * hidden_size)
+
+    def init_direction(key, layer_input):
+        k_ih, k_hh, k_hr = jax.random.split(key, 3)
+        b_ih = jnp.zeros((4 * hidden_size,), dtype).at[forget].set(forget_bias)
+        return LSTMWeights(
+            w_ih=_per_gate(input_init, k_ih, layer_input, hidden_size, 4, dtype),
+            w_hh=_per_gate(recurrent_init, k_hh, output_size, hidden_size, 4, dtype),
+            b_ih=b_ih,
+            b_hh=jnp.zeros((4 * hidden_size,), dtype),
+            w_hr=projection_init(k_hr, (hidden_size, proj_size), dtype) if proj_size else None,
+        )
+
+    return _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction)
+
+
+def init_gru(
+    key: PRNGKey,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dtype: DType = jnp.float32,
+    input_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+) -> GRUParams:
+    """Initialises the parameters of a GRU (gate blocks r, z, n); arguments as :func:`init_lstm`, biases zero.
+
+    >>> import jax, lstm_jax
+    >>> lstm_jax.init_gru(jax.random.key(0), 3, 8)[0][0].w_hh.shape
+    (8, 24)
+    """
+    _check_positive_int("input_size", input_size)
+    _check_positive_int("hidden_size", hidden_size)
+    _check_positive_int("num_layers", num_layers)
+
+    def init_direction(key, layer_input):
+        k_ih, k_hh = jax.random.split(key)
+        return GRUWeights(
+            w_ih=_per_gate(input_init, k_ih, layer_input, hidden_size, 3, dtype),
+            w_hh=_per_gate(recurrent_init, k_hh, hidden_size, hidden_size, 3, dtype),
+            b_ih=jnp.zeros((3 * hidden_size,), dtype),
+            b_hh=jnp.zeros((3 * hidden_size,), dtype),
+        )
+
+    return _init_stack(key, input_size, hidden_size, num_layers, bidirectional, init_direction)
+
+
+def init_rnn(
+    key: PRNGKey,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    nonlinearity: Literal["tanh", "relu"] = "tanh",
+    dtype: DType = jnp.float32,
+    input_init: Initializer = jax.nn.initializers.lecun_normal(),
+    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+) -> RNNParams:
+    """Initialises an Elman RNN, h' = nonlinearity(x W_ih + b_ih + h W_hh + b_hh); biases zero.
+
+    The nonlinearity is stored in the params (as static pytree metadata), so :func:`lstm_jax.rnn` needs no flag.
+
+    >>> import jax, lstm_jax
+    >>> lstm_jax.init_rnn(jax.random.key(0), 3, 8, nonlinearity="relu")[0][0].nonlinearity
+    'relu'
+    """
+    _check_positive_int("input_size", input_size)
+    _check_positive_int("hidden_size", hidden_size)
+    _check_positive_int("num_layers", num_layers)
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+
+    def init_direction(key, layer_input):
+        k_ih, k_hh = jax.random.split(key)
+        return RNNWeights(
+            w_ih=input_init(k_ih, (layer_input, hidden_size), dtype),
+            w_hh=recurrent_init(k_hh, (hidden_size, hidden_size), dtype),
+            b_ih=jnp.zeros((hidden_size,), dtype),
+            b_hh=jnp.zeros((hidden_size,), dtype),
+            nonlinearity=nonlinearity,
+        )
+
+    return _init_stack(key, input_size, hidden_size, num_layers, bidirectional, init_direction)

@@ -1,0 +1,24 @@
+"""Test configuration: strict JAX numerics and the one table of tolerances every test uses."""
+
+import jax
+import pytest
+
+# Implicit rank promotion hides shape bugs (a (4H,) bias silently broadcast against the wrong axis); the library
+# must be correct with it forbidden.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# Full float32 matmuls wherever the suite may run (on GPU the default precision would be TF32).
+jax.config.update("jax_default_matmul_precision", "float32")
+
+# Absolute/relative tolerances by comparison. float32 on CPU: the library and the oracles sum the same products
+# in different orders, so errors of a few ulps accumulate over time steps; 1e-5 holds with margin at the sizes
+# tested. float64 comparisons are against the naive reference with identical maths.
+TOLERANCES = {
+    "float32": dict(atol=1e-5, rtol=1e-5),
+    "float32_grad": dict(atol=5e-5, rtol=5e-5),
+    "float64": dict(atol=1e-10, rtol=1e-10),
+}
+
+
+@pytest.fixture
+def tol():
+    return TOLERANCES
