@@ -1,9 +1,11 @@
 """Flax NNX modules: thin owners of the functional params that call :func:`lstm_jax.lstm` / ``gru`` / ``rnn``.
 
-Each leaf of the ``params[layer][direction]`` pytree is an ``nnx.Param``, so ``nnx.grad``, ``nnx.jit`` and
-``nnx.Optimizer`` see the same arrays the functional core uses, and :attr:`weights` hands them back as a plain
-pytree (for :func:`lstm_jax.to_torch`, say). Dropout follows ``nnx.Dropout``: active in training mode (the
-default; ``model.train()``), off after ``model.eval()``, with keys drawn from the ``dropout`` stream of the
+A module's ``layers`` attribute is the ``params[layer][direction]`` pytree with every leaf an ``nnx.Param``, so
+``nnx.grad``, ``nnx.jit`` and ``nnx.Optimizer`` see the same arrays the functional core uses, and :attr:`weights`
+hands them back as a plain pytree (for :func:`lstm_jax.to_torch`, say).
+
+Dropout follows ``nnx.Dropout``: active in training mode (the default; ``model.train()``), off after
+``model.eval()`` or for one call with ``deterministic=True``, with keys drawn from the ``dropout`` stream of the
 ``rngs`` given at construction.
 """
 
@@ -17,8 +19,8 @@ from flax import nnx
 
 from ._functional import gru, lstm, rnn
 from ._params import GRUWeights, LSTMWeights, RNNWeights, init_gru, init_lstm, init_rnn
-from ._validate import check_params
 from ._typing import DType
+from ._validate import check_params
 
 
 def _is_variable(x) -> bool:
@@ -42,7 +44,7 @@ class _Recurrent(nnx.Module):
             )
         if dropout > 0.0 and rngs is None:
             raise ValueError(f"dropout={dropout} needs rngs with a 'dropout' (or 'default') stream")
-        self.params = nnx.data(jax.tree.map(nnx.Param, params))
+        self.layers = nnx.data(jax.tree.map(nnx.Param, params))
         self.dropout = dropout
         self.batch_first = batch_first
         self.deterministic = False
@@ -51,15 +53,17 @@ class _Recurrent(nnx.Module):
     @property
     def weights(self):
         """The params as a plain ``params[layer][direction]`` pytree of arrays (what the functional core takes)."""
-        return jax.tree.map(lambda p: p[...], self.params, is_leaf=_is_variable)
+        return jax.tree.map(lambda p: p[...], self.layers, is_leaf=_is_variable)
 
     def set_view(self, deterministic: bool | None = None):
         """Used by ``nnx.view``: ``deterministic=True`` turns dropout off."""
         if deterministic is not None:
             self.deterministic = deterministic
 
-    def __call__(self, xs, initial_state=None, *, seq_lengths=None):
-        active = self.dropout > 0.0 and not self.deterministic
+    def __call__(self, xs, initial_state=None, *, seq_lengths=None, deterministic: bool | None = None):
+        """Runs the recurrence; ``deterministic`` (if given) overrides the train/eval mode for this call."""
+        deterministic = self.deterministic if deterministic is None else deterministic
+        active = self.dropout > 0.0 and not deterministic
         return type(self)._apply(
             self.weights,
             xs,
@@ -72,10 +76,30 @@ class _Recurrent(nnx.Module):
 
     @classmethod
     def from_params(cls, params, *, dropout: float = 0.0, batch_first: bool = False, rngs: nnx.Rngs | None = None):
-        """Wraps existing functional params (e.g. ``lstm_jax.from_torch(module)``) in a module."""
-        module = object.__new__(cls)
-        _Recurrent.__init__(module, params, dropout=dropout, batch_first=batch_first, rngs=rngs)
+        """Wraps existing functional params (e.g. ``lstm_jax.from_torch(torch_module)``) in a module.
+
+        The architecture (sizes, layers, directions, projection, nonlinearity, dtype) is read from ``params``.
+        ``rngs`` is needed only for dropout.
+        """
+        check_params(cls.__name__.lower(), params, cls._weights_type)
+        if dropout and rngs is None:
+            raise ValueError(f"dropout={dropout} needs rngs with a 'dropout' (or 'default') stream")
+        # Build through the normal constructor (NNX modules must be created by their metaclass), then swap in the
+        # given arrays; the throwaway initialisation is cheap next to any use of the module.
+        module = cls(**cls._config(params), dropout=dropout, batch_first=batch_first, rngs=rngs or nnx.Rngs(0))
+        module.layers = nnx.data(jax.tree.map(nnx.Param, params))
         return module
+
+    @staticmethod
+    def _config(params) -> dict:
+        weights = params[0][0]
+        return dict(
+            input_size=weights.w_ih.shape[0],
+            hidden_size=weights.hidden_size,
+            num_layers=len(params),
+            bidirectional=len(params[0]) == 2,
+            dtype=weights.w_ih.dtype,
+        )
 
 
 class LSTM(_Recurrent):
@@ -106,6 +130,12 @@ class LSTM(_Recurrent):
 
     _apply = staticmethod(lstm)
     _weights_type = LSTMWeights
+
+    @staticmethod
+    def _config(params) -> dict:
+        weights = params[0][0]
+        proj_size = 0 if weights.w_hr is None else weights.w_hr.shape[-1]
+        return dict(_Recurrent._config(params), proj_size=proj_size)
 
     def __init__(
         self,
@@ -177,6 +207,10 @@ class RNN(_Recurrent):
 
     _apply = staticmethod(rnn)
     _weights_type = RNNWeights
+
+    @staticmethod
+    def _config(params) -> dict:
+        return dict(_Recurrent._config(params), nonlinearity=params[0][0].nonlinearity)
 
     def __init__(
         self,

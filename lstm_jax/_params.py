@@ -44,6 +44,10 @@ NONLINEARITIES = ("tanh", "relu")
 
 Initializer: TypeAlias = Callable[[PRNGKey, tuple[int, ...], DType], Array]
 
+# The default initialisers, as module-level values so the defaults of every init_* are one object each.
+lecun_normal: Initializer = jax.nn.initializers.lecun_normal()
+orthogonal: Initializer = jax.nn.initializers.orthogonal()
+
 
 def _register(cls, meta_fields=()):
     data_fields = [f.name for f in dataclasses.fields(cls) if f.name not in meta_fields]
@@ -156,9 +160,7 @@ def _init_stack(key, input_size, output_size, num_layers, bidirectional, init_di
     for layer in range(num_layers):
         layer_input = input_size if layer == 0 else num_directions * output_size
         params.append(
-            tuple(
-                init_direction(keys[layer * num_directions + d], layer_input) for d in range(num_directions)
-            )
+            tuple(init_direction(keys[layer * num_directions + d], layer_input) for d in range(num_directions))
         )
     return tuple(params)
 
@@ -172,9 +174,9 @@ def init_lstm(
     bidirectional: bool = False,
     proj_size: int = 0,
     dtype: DType = jnp.float32,
-    input_init: Initializer = jax.nn.initializers.lecun_normal(),
-    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
-    projection_init: Initializer = jax.nn.initializers.lecun_normal(),
+    input_init: Initializer = lecun_normal,
+    recurrent_init: Initializer = orthogonal,
+    projection_init: Initializer = lecun_normal,
     forget_bias: float = 1.0,
 ) -> LSTMParams:
     """Initialises the parameters of a (stacked, optionally bidirectional, optionally projected) LSTM.
@@ -230,8 +232,8 @@ def init_gru(
     num_layers: int = 1,
     bidirectional: bool = False,
     dtype: DType = jnp.float32,
-    input_init: Initializer = jax.nn.initializers.lecun_normal(),
-    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    input_init: Initializer = lecun_normal,
+    recurrent_init: Initializer = orthogonal,
 ) -> GRUParams:
     """Initialises the parameters of a GRU (gate blocks r, z, n); arguments as :func:`init_lstm`, biases zero.
 
@@ -264,8 +266,8 @@ def init_rnn(
     bidirectional: bool = False,
     nonlinearity: Literal["tanh", "relu"] = "tanh",
     dtype: DType = jnp.float32,
-    input_init: Initializer = jax.nn.initializers.lecun_normal(),
-    recurrent_init: Initializer = jax.nn.initializers.orthogonal(),
+    input_init: Initializer = lecun_normal,
+    recurrent_init: Initializer = orthogonal,
 ) -> RNNParams:
     """Initialises an Elman RNN, h' = nonlinearity(x W_ih + b_ih + h W_hh + b_hh); biases zero.
 

@@ -7,8 +7,8 @@ gate blocks already in the same order, so values round-trip bit for bit.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from ._params import GRUWeights, LSTMWeights, RNNWeights
 
@@ -140,11 +140,11 @@ def to_torch(params, module):
                 pairs.append(("weight_hr", weights.w_hr.T))
             for name, value in pairs:
                 target = getattr(module, name + suffix)
-                value = np.asarray(value)
+                value = np.array(value, order="C")  # a writable copy: torch.from_numpy rejects read-only arrays
                 if tuple(target.shape) != value.shape:
                     raise ValueError(
                         f"{name + suffix}: the torch module expects shape {tuple(target.shape)}, "
                         f"params give {value.shape}"
                     )
-                target.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(target.dtype))
+                target.copy_(torch.from_numpy(value).to(target.dtype))
     return module

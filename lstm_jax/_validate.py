@@ -8,9 +8,9 @@ traced lengths do).
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._typing import Array, ArrayLike
 
@@ -74,9 +74,7 @@ def check_lengths(seq_lengths: ArrayLike | None, batch: int, steps: int) -> Arra
     if concrete:
         values = np.asarray(lengths)
         if values.min() < 1 or values.max() > steps:
-            raise ValueError(
-                f"seq_lengths must lie in [1, T={steps}], got min {values.min()} and max {values.max()}"
-            )
+            raise ValueError(f"seq_lengths must lie in [1, T={steps}], got min {values.min()} and max {values.max()}")
     return lengths
 
 

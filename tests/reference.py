@@ -1,0 +1,168 @@
+"""A deliberately naive reference LSTM, GRU and Elman RNN: the oracle that ``test_reference.py`` holds the library to.
+
+Nothing here shares the library's tricks, so that a bug in one is not silently repeated in the other:
+
+* every gate has its own matmuls, on the blocks (W_ii, W_if, …) sliced out of the fused kernels by gate order;
+* time is a Python loop, one step per valid time step;
+* each sequence of the batch runs on its own over exactly its valid prefix ``xs[:length, b]``; padded outputs are
+  written as zeros and the final state is simply the state after the last step run;
+* the backward direction reverses each sequence's valid prefix, runs forward over that, and reverses the outputs
+  back (the library instead scans t = T-1 … 0 and masks invalid steps).
+
+Lengths are clipped to [0, T], which is what the library documents for traced out-of-range lengths (see
+``lstm_jax._driver``), so the reference also specifies that behaviour. Dropout is not modelled.
+
+Everything is ``jax.numpy``, so ``jax.grad`` differentiates through it; it is slow, so keep sizes tiny.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm_jax import LSTMState
+
+
+def _blocks(kernel_or_bias, num_gates):
+    """Splits a fused (…, G·H) kernel or bias into its G per-gate (…, H) blocks, in the library's gate order."""
+    hidden = kernel_or_bias.shape[-1] // num_gates
+    return [kernel_or_bias[..., k * hidden : (k + 1) * hidden] for k in range(num_gates)]
+
+
+def _lstm_step(weights):
+    W_ii, W_if, W_ig, W_io = _blocks(weights.w_ih, 4)
+    W_hi, W_hf, W_hg, W_ho = _blocks(weights.w_hh, 4)
+    b_ii, b_if, b_ig, b_io = _blocks(weights.b_ih, 4)
+    b_hi, b_hf, b_hg, b_ho = _blocks(weights.b_hh, 4)
+
+    def step(state, x):
+        h, c = state
+        i = jax.nn.sigmoid(x @ W_ii + b_ii + h @ W_hi + b_hi)
+        f = jax.nn.sigmoid(x @ W_if + b_if + h @ W_hf + b_hf)
+        g = jnp.tanh(x @ W_ig + b_ig + h @ W_hg + b_hg)
+        o = jax.nn.sigmoid(x @ W_io + b_io + h @ W_ho + b_ho)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        if weights.w_hr is not None:
+            h = h @ weights.w_hr
+        return (h, c), h
+
+    return step
+
+
+def _gru_step(weights):
+    W_ir, W_iz, W_in = _blocks(weights.w_ih, 3)
+    W_hr, W_hz, W_hn = _blocks(weights.w_hh, 3)
+    b_ir, b_iz, b_in = _blocks(weights.b_ih, 3)
+    b_hr, b_hz, b_hn = _blocks(weights.b_hh, 3)
+
+    def step(h, x):
+        r = jax.nn.sigmoid(x @ W_ir + b_ir + h @ W_hr + b_hr)
+        z = jax.nn.sigmoid(x @ W_iz + b_iz + h @ W_hz + b_hz)
+        n = jnp.tanh(x @ W_in + b_in + r * (h @ W_hn + b_hn))
+        h = (1 - z) * n + z * h
+        return h, h
+
+    return step
+
+
+def _rnn_step(weights):
+    act = {"tanh": jnp.tanh, "relu": jax.nn.relu}[weights.nonlinearity]
+
+    def step(h, x):
+        h = act(x @ weights.w_ih + weights.b_ih + h @ weights.w_hh + weights.b_hh)
+        return h, h
+
+    return step
+
+
+def _clipped_lengths(seq_lengths, steps, batch):
+    if seq_lengths is None:
+        return [steps] * batch
+    return [min(max(int(n), 0), steps) for n in np.asarray(seq_lengths)]
+
+
+def _run_sequence(step, carry, xs_b, length, reverse):
+    """One sequence (T, I) of one layer and direction: returns (final carry, outputs as a list of T rows)."""
+    valid = [xs_b[t] for t in range(length)]
+    if reverse:
+        valid = valid[::-1]
+    outputs = []
+    for x in valid:
+        carry, y = step(carry, x)
+        outputs.append(y)
+    if reverse:
+        outputs = outputs[::-1]
+    return carry, outputs
+
+
+def _run(make_step, params, xs, carries, seq_lengths, batch_first):
+    """Layers, directions and sequences one at a time.
+
+    ``carries[layer * D + direction]`` is a pytree of (B, ·) initial states. Returns (ys (T, B, D·O), finals) with
+    finals in the same order as carries.
+    """
+    xs = jnp.asarray(xs)
+    if batch_first:
+        xs = jnp.swapaxes(xs, 0, 1)
+    steps, batch, _ = xs.shape
+    lengths = _clipped_lengths(seq_lengths, steps, batch)
+    num_directions = len(params[0])
+    finals = []
+    for layer, layer_weights in enumerate(params):
+        direction_outputs = []
+        for direction, weights in enumerate(layer_weights):
+            step = make_step(weights)
+            # w_hh has one row per component of h: P for a projected LSTM, H otherwise.
+            padding = jnp.zeros((weights.w_hh.shape[0],), jnp.result_type(xs.dtype, weights.w_hh.dtype))
+            sequence_outputs, sequence_finals = [], []
+            for b in range(batch):
+                carry = jax.tree.map(lambda s, b=b: s[b], carries[layer * num_directions + direction])
+                carry, outputs = _run_sequence(step, carry, xs[:, b], lengths[b], reverse=direction == 1)
+                sequence_outputs.append(jnp.stack(outputs + [padding] * (steps - lengths[b])))
+                sequence_finals.append(carry)
+            direction_outputs.append(jnp.stack(sequence_outputs, axis=1))
+            finals.append(jax.tree.map(lambda *per_sequence: jnp.stack(per_sequence), *sequence_finals))
+        xs = jnp.concatenate(direction_outputs, axis=-1)
+    if batch_first:
+        xs = jnp.swapaxes(xs, 0, 1)
+    return xs, finals
+
+
+def _batch_size(xs, batch_first):
+    return jnp.shape(xs)[0 if batch_first else 1]
+
+
+def reference_lstm(params, xs, initial_state=None, *, seq_lengths=None, batch_first=False):
+    """Naive :func:`lstm_jax.lstm`: same arguments (no dropout), returns ``(ys, LSTMState(h_n, c_n))``."""
+    num_states, batch = len(params) * len(params[0]), _batch_size(xs, batch_first)
+    if initial_state is None:
+        weights = params[0][0]
+        initial_state = (
+            jnp.zeros((num_states, batch, weights.w_hh.shape[0]), weights.w_hh.dtype),
+            jnp.zeros((num_states, batch, weights.w_ih.shape[1] // 4), weights.w_hh.dtype),
+        )
+    h0, c0 = initial_state
+    carries = [(h0[k], c0[k]) for k in range(num_states)]
+    ys, finals = _run(_lstm_step, params, xs, carries, seq_lengths, batch_first)
+    return ys, LSTMState(jnp.stack([h for h, _ in finals]), jnp.stack([c for _, c in finals]))
+
+
+def _reference_single_state(make_step, params, xs, h0, seq_lengths, batch_first):
+    num_states, batch = len(params) * len(params[0]), _batch_size(xs, batch_first)
+    if h0 is None:
+        weights = params[0][0]
+        h0 = jnp.zeros((num_states, batch, weights.w_hh.shape[0]), weights.w_hh.dtype)
+    ys, finals = _run(make_step, params, xs, [h0[k] for k in range(num_states)], seq_lengths, batch_first)
+    return ys, jnp.stack(finals)
+
+
+def reference_gru(params, xs, h0=None, *, seq_lengths=None, batch_first=False):
+    """Naive :func:`lstm_jax.gru`: same arguments (no dropout), returns ``(ys, h_n)``."""
+    return _reference_single_state(_gru_step, params, xs, h0, seq_lengths, batch_first)
+
+
+def reference_rnn(params, xs, h0=None, *, seq_lengths=None, batch_first=False):
+    """Naive :func:`lstm_jax.rnn`: same arguments (no dropout), returns ``(ys, h_n)``."""
+    return _reference_single_state(_rnn_step, params, xs, h0, seq_lengths, batch_first)
