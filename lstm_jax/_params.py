@@ -149,7 +149,13 @@ def _per_gate(init: Initializer, key: PRNGKey, rows: int, hidden: int, gates: in
     """(rows, gates·hidden) kernel whose gate blocks are drawn independently, so each block gets the scheme's
     statistics (an orthogonal (rows, 4H) matrix would not have orthogonal (rows, H) blocks)."""
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init(k, (rows, hidden), dtype) for k in keys], axis=-1)
+    return jnp.concatenate([_draw(init, k, (rows, hidden), dtype) for k in keys], axis=-1)
+
+
+def _draw(init: Initializer, key: PRNGKey, shape: tuple[int, ...], dtype: DType) -> Array:
+    """Draws in at least float32 and casts: the orthogonal initialiser's QR has no bfloat16/float16 kernel, and a
+    low-precision draw would round the distribution before the cast anyway."""
+    return init(key, shape, jnp.promote_types(dtype, jnp.float32)).astype(dtype)
 
 
 def _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction):
@@ -218,7 +224,7 @@ def init_lstm(
             w_hh=_per_gate(recurrent_init, k_hh, output_size, hidden_size, 4, dtype),
             b_ih=b_ih,
             b_hh=jnp.zeros((4 * hidden_size,), dtype),
-            w_hr=projection_init(k_hr, (hidden_size, proj_size), dtype) if proj_size else None,
+            w_hr=_draw(projection_init, k_hr, (hidden_size, proj_size), dtype) if proj_size else None,
         )
 
     return _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction)
@@ -286,8 +292,8 @@ def init_rnn(
     def init_direction(key, layer_input):
         k_ih, k_hh = jax.random.split(key)
         return RNNWeights(
-            w_ih=input_init(k_ih, (layer_input, hidden_size), dtype),
-            w_hh=recurrent_init(k_hh, (hidden_size, hidden_size), dtype),
+            w_ih=_draw(input_init, k_ih, (layer_input, hidden_size), dtype),
+            w_hh=_draw(recurrent_init, k_hh, (hidden_size, hidden_size), dtype),
             b_ih=jnp.zeros((hidden_size,), dtype),
             b_hh=jnp.zeros((hidden_size,), dtype),
             nonlinearity=nonlinearity,

@@ -17,6 +17,8 @@ Everything is ``jax.numpy``, so ``jax.grad`` differentiates through it; it is sl
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,51 +32,42 @@ def _blocks(kernel_or_bias, num_gates):
     return [kernel_or_bias[..., k * hidden : (k + 1) * hidden] for k in range(num_gates)]
 
 
-def _lstm_step(weights):
+@jax.jit
+def _lstm_step(weights, state, x):
     W_ii, W_if, W_ig, W_io = _blocks(weights.w_ih, 4)
     W_hi, W_hf, W_hg, W_ho = _blocks(weights.w_hh, 4)
     b_ii, b_if, b_ig, b_io = _blocks(weights.b_ih, 4)
     b_hi, b_hf, b_hg, b_ho = _blocks(weights.b_hh, 4)
-
-    def step(state, x):
-        h, c = state
-        i = jax.nn.sigmoid(x @ W_ii + b_ii + h @ W_hi + b_hi)
-        f = jax.nn.sigmoid(x @ W_if + b_if + h @ W_hf + b_hf)
-        g = jnp.tanh(x @ W_ig + b_ig + h @ W_hg + b_hg)
-        o = jax.nn.sigmoid(x @ W_io + b_io + h @ W_ho + b_ho)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
-        if weights.w_hr is not None:
-            h = h @ weights.w_hr
-        return (h, c), h
-
-    return step
+    h, c = state
+    i = jax.nn.sigmoid(x @ W_ii + b_ii + h @ W_hi + b_hi)
+    f = jax.nn.sigmoid(x @ W_if + b_if + h @ W_hf + b_hf)
+    g = jnp.tanh(x @ W_ig + b_ig + h @ W_hg + b_hg)
+    o = jax.nn.sigmoid(x @ W_io + b_io + h @ W_ho + b_ho)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    if weights.w_hr is not None:
+        h = h @ weights.w_hr
+    return (h, c), h
 
 
-def _gru_step(weights):
+@jax.jit
+def _gru_step(weights, h, x):
     W_ir, W_iz, W_in = _blocks(weights.w_ih, 3)
     W_hr, W_hz, W_hn = _blocks(weights.w_hh, 3)
     b_ir, b_iz, b_in = _blocks(weights.b_ih, 3)
     b_hr, b_hz, b_hn = _blocks(weights.b_hh, 3)
-
-    def step(h, x):
-        r = jax.nn.sigmoid(x @ W_ir + b_ir + h @ W_hr + b_hr)
-        z = jax.nn.sigmoid(x @ W_iz + b_iz + h @ W_hz + b_hz)
-        n = jnp.tanh(x @ W_in + b_in + r * (h @ W_hn + b_hn))
-        h = (1 - z) * n + z * h
-        return h, h
-
-    return step
+    r = jax.nn.sigmoid(x @ W_ir + b_ir + h @ W_hr + b_hr)
+    z = jax.nn.sigmoid(x @ W_iz + b_iz + h @ W_hz + b_hz)
+    n = jnp.tanh(x @ W_in + b_in + r * (h @ W_hn + b_hn))
+    h = (1 - z) * n + z * h
+    return h, h
 
 
-def _rnn_step(weights):
+@jax.jit
+def _rnn_step(weights, h, x):
     act = {"tanh": jnp.tanh, "relu": jax.nn.relu}[weights.nonlinearity]
-
-    def step(h, x):
-        h = act(x @ weights.w_ih + weights.b_ih + h @ weights.w_hh + weights.b_hh)
-        return h, h
-
-    return step
+    h = act(x @ weights.w_ih + weights.b_ih + h @ weights.w_hh + weights.b_hh)
+    return h, h
 
 
 def _clipped_lengths(seq_lengths, steps, batch):
@@ -113,7 +106,7 @@ def _run(make_step, params, xs, carries, seq_lengths, batch_first):
     for layer, layer_weights in enumerate(params):
         direction_outputs = []
         for direction, weights in enumerate(layer_weights):
-            step = make_step(weights)
+            step = functools.partial(make_step, weights)
             # w_hh has one row per component of h: P for a projected LSTM, H otherwise.
             padding = jnp.zeros((weights.w_hh.shape[0],), jnp.result_type(xs.dtype, weights.w_hh.dtype))
             sequence_outputs, sequence_finals = [], []
