@@ -54,11 +54,11 @@ def test_nnx_grad_matches_jax_grad(xs, tol):
     model = lstm_jax.LSTM(I, H, num_layers=2, rngs=nnx.Rngs(0))
 
     def model_loss(model, xs):
-        ys, (h, c) = model(xs)
+        ys, (_, c) = model(xs)
         return jnp.sum(ys**2) + jnp.sum(c)
 
     def functional_loss(params, xs):
-        ys, (h, c) = lstm_jax.lstm(params, xs)
+        ys, (_, c) = lstm_jax.lstm(params, xs)
         return jnp.sum(ys**2) + jnp.sum(c)
 
     grads = nnx.grad(model_loss)(model, xs)["layers"]
