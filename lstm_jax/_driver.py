@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ._regularizers import Regularizers, regularize
 from ._typing import Array, PRNGKey
 
 Step = Callable[[Any, Array], tuple[Any, Array]]
@@ -33,7 +34,7 @@ def scan_direction(
     Args:
       step: scan body ``(carry, x_t (B, I)) -> (carry, y_t (B, O))`` with weights already bound.
       carry: initial carry, a pytree of (B, ·) arrays.
-      xs: (T, B, I) inputs.
+      xs: (T, B, I) inputs, or a pytree of (T, …) arrays that ``step`` takes apart.
       lengths: optional (B,) int valid lengths; see the module docstring.
       reverse: scan from t = T-1 down to 0.
     """
@@ -47,7 +48,7 @@ def scan_direction(
         new_carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
         return new_carry, jnp.where(valid, y, jnp.zeros_like(y))
 
-    steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
+    steps = jnp.arange(jax.tree.leaves(xs)[0].shape[0], dtype=lengths.dtype)
     return jax.lax.scan(masked_step, carry, (xs, steps), reverse=reverse)
 
 
@@ -57,7 +58,7 @@ def _dropout(key: PRNGKey, rate: float, ys: Array) -> Array:
 
 
 def run_stack(
-    cell: Callable[[Any, Any, Array], tuple[Any, Array]],
+    cell_step: Callable[[Any, Any, Array], tuple[Any, Array]],
     params: Sequence[Sequence[Any]],
     xs: Array,
     carries: Sequence[Any],
@@ -65,37 +66,49 @@ def run_stack(
     lengths: Array | None = None,
     dropout: float = 0.0,
     key: PRNGKey | None = None,
+    regularizers: Regularizers | None = None,
 ) -> tuple[Array, list[Any]]:
     """Runs a stacked, optionally bidirectional recurrence, PyTorch style.
 
     Args:
-      cell: ``cell(weights, carry, x_t) -> (carry, y_t)``.
+      cell_step: ``cell_step(weights, carry, x_t) -> (carry, y_t)``.
       params: ``params[layer][direction]`` weights.
       xs: (T, B, I) time-major inputs.
       carries: initial carries indexed ``layer * D + direction`` (PyTorch's h_0 order).
       lengths: optional (B,) valid lengths.
-      dropout: rate applied to the outputs of every layer but the last (requires ``key`` when > 0).
-      key: PRNG key for dropout.
+      dropout: rate applied to the outputs of every layer but the last (only with ``key``).
+      key: PRNG key for dropout and the regularisers; without it both are off.
+      regularizers: variational dropout, zoneout, weight dropout (see :mod:`lstm_jax._regularizers`).
 
     Returns:
       ``(ys, final_carries)``: ys (T, B, D·O) the last layer's outputs with directions concatenated
       [forward, backward]; final carries in the same order as ``carries``.
     """
     num_layers, num_directions = len(params), len(params[0])
-    layer_keys = jax.random.split(key, num_layers) if (dropout > 0.0 and key is not None) else None
+    training = key is not None
+    regularized = training and regularizers is not None and regularizers.active
+    if training:
+        dropout_keys, regularizer_keys = jax.random.split(key)
+        dropout_keys = jax.random.split(dropout_keys, num_layers)
+        regularizer_keys = jax.random.split(regularizer_keys, num_layers * num_directions)
     finals = []
     for layer, layer_weights in enumerate(params):
         outputs = []
         for direction, weights in enumerate(layer_weights):
-            carry = carries[layer * num_directions + direction]
+            index = layer * num_directions + direction
+            carry = carries[index]
+            if regularized:
+                step, inputs = regularize(regularizers, regularizer_keys[index], weights, cell_step, carry, xs)
+            else:
 
-            def step(carry, x, weights=weights):
-                return cell(weights, carry, x)
+                def step(carry, x, weights=weights):
+                    return cell_step(weights, carry, x)
 
-            carry, ys = scan_direction(step, carry, xs, lengths=lengths, reverse=direction == 1)
+                inputs = xs
+            carry, ys = scan_direction(step, carry, inputs, lengths=lengths, reverse=direction == 1)
             finals.append(carry)
             outputs.append(ys)
         xs = outputs[0] if num_directions == 1 else jnp.concatenate(outputs, axis=-1)
-        if layer_keys is not None and layer < num_layers - 1:
-            xs = _dropout(layer_keys[layer], dropout, xs)
+        if training and dropout > 0.0 and layer < num_layers - 1:
+            xs = _dropout(dropout_keys[layer], dropout, xs)
     return xs, finals

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ._functional import gru, lstm, rnn
-from ._params import GRUWeights, LSTMWeights, RNNWeights, init_gru, init_lstm, init_rnn
+from ._functional import gru, init_gru, init_lstm, init_rnn, lstm, rnn
+from ._params import GRUWeights, LSTMWeights, RNNWeights
 from ._typing import DType
 from ._validate import check_params
 

@@ -49,9 +49,40 @@ lecun_normal: Initializer = jax.nn.initializers.lecun_normal()
 orthogonal: Initializer = jax.nn.initializers.orthogonal()
 
 
+def peephole_normal(key: PRNGKey, shape: tuple[int, ...], dtype: DType = jnp.float32) -> Array:
+    """Normal with standard deviation 1/√H for (3, H) peephole weights."""
+    return jax.random.normal(key, shape, dtype) / jnp.sqrt(jnp.asarray(shape[-1], dtype))
+
+
+def init_layer_norm(hidden_size: int, dtype: DType) -> LayerNormWeights:
+    return LayerNormWeights(
+        gamma_ih=jnp.ones((4 * hidden_size,), dtype),
+        gamma_hh=jnp.ones((4 * hidden_size,), dtype),
+        gamma_c=jnp.ones((hidden_size,), dtype),
+        beta_c=jnp.zeros((hidden_size,), dtype),
+    )
+
+
 def _register(cls, meta_fields=()):
     data_fields = [f.name for f in dataclasses.fields(cls) if f.name not in meta_fields]
     return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=list(meta_fields))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormWeights:
+    """Gains and bias of a layer-normalised LSTM (Ba, Kiros & Hinton 2016, eqs. 20-22).
+
+    Attributes:
+      gamma_ih: (4H,) gain of LN(x W_ih).
+      gamma_hh: (4H,) gain of LN(h W_hh).
+      gamma_c: (H,) gain of LN(c).
+      beta_c: (H,) bias of LN(c). (The biases of the two gate normalisations would duplicate ``b_ih``/``b_hh``.)
+    """
+
+    gamma_ih: Array
+    gamma_hh: Array
+    gamma_c: Array
+    beta_c: Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +95,8 @@ class LSTMWeights:
       b_ih: (4H,) input bias.
       b_hh: (4H,) recurrent bias.
       w_hr: (H, P) projection kernel of LSTMP (Sak et al. 2014), or None.
+      peephole: (3, H) diagonal peephole weights p_i, p_f, p_o (Gers & Schmidhuber 2000), or None.
+      layer_norm: :class:`LayerNormWeights` of a layer-normalised LSTM (Ba et al. 2016), or None.
     """
 
     w_ih: Array
@@ -71,6 +104,8 @@ class LSTMWeights:
     b_ih: Array
     b_hh: Array
     w_hr: Array | None = None
+    peephole: Array | None = None
+    layer_norm: LayerNormWeights | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -130,6 +165,7 @@ class RNNWeights:
     output_size = hidden_size
 
 
+_register(LayerNormWeights)
 _register(LSTMWeights)
 _register(GRUWeights)
 _register(RNNWeights, meta_fields=("nonlinearity",))
@@ -140,26 +176,32 @@ GRUParams: TypeAlias = tuple[tuple[GRUWeights, ...], ...]
 RNNParams: TypeAlias = tuple[tuple[RNNWeights, ...], ...]
 
 
-def _check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def _per_gate(init: Initializer, key: PRNGKey, rows: int, hidden: int, gates: int, dtype: DType) -> Array:
+def per_gate(init: Initializer, key: PRNGKey, rows: int, hidden: int, gates: int, dtype: DType) -> Array:
     """(rows, gates·hidden) kernel whose gate blocks are drawn independently, so each block gets the scheme's
     statistics (an orthogonal (rows, 4H) matrix would not have orthogonal (rows, H) blocks)."""
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([_draw(init, k, (rows, hidden), dtype) for k in keys], axis=-1)
+    return jnp.concatenate([draw(init, k, (rows, hidden), dtype) for k in keys], axis=-1)
 
 
-def _draw(init: Initializer, key: PRNGKey, shape: tuple[int, ...], dtype: DType) -> Array:
+def draw(init: Initializer, key: PRNGKey, shape: tuple[int, ...], dtype: DType) -> Array:
     """Draws in at least float32 and casts: the orthogonal initialiser's QR has no bfloat16/float16 kernel, and a
     low-precision draw would round the distribution before the cast anyway."""
     return init(key, shape, jnp.promote_types(dtype, jnp.float32)).astype(dtype)
 
 
-def _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction):
-    """Builds ``params[layer][direction]``; layer l > 0 reads the D·output_size concatenated outputs of layer l-1."""
+def init_stack(init_direction, key, input_size, output_size, num_layers, bidirectional):
+    """Builds ``params[layer][direction]`` from ``init_direction(key, layer_input_size)``.
+
+    Layer l > 0 reads the D·output_size concatenated outputs of layer l-1. Keys are split once into L·D, in
+    PyTorch's ``layer * D + direction`` order, so a given key gives the same params whichever entry point built them.
+    """
+    check_positive_int("input_size", input_size)
+    check_positive_int("num_layers", num_layers)
     num_directions = 2 if bidirectional else 1
     keys = jax.random.split(key, num_layers * num_directions)
     params = []
@@ -169,134 +211,3 @@ def _init_stack(key, input_size, output_size, num_layers, bidirectional, init_di
             tuple(init_direction(keys[layer * num_directions + d], layer_input) for d in range(num_directions))
         )
     return tuple(params)
-
-
-def init_lstm(
-    key: PRNGKey,
-    input_size: int,
-    hidden_size: int,
-    *,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    proj_size: int = 0,
-    dtype: DType = jnp.float32,
-    input_init: Initializer = lecun_normal,
-    recurrent_init: Initializer = orthogonal,
-    projection_init: Initializer = lecun_normal,
-    forget_bias: float = 1.0,
-) -> LSTMParams:
-    """Initialises the parameters of a (stacked, optionally bidirectional, optionally projected) LSTM.
-
-    Args:
-      key: PRNG key.
-      input_size: I, features of the input sequence.
-      hidden_size: H, width of the cell state.
-      num_layers: L, stacked layers.
-      bidirectional: two directions per layer (D = 2) when True.
-      proj_size: P > 0 adds an LSTMP projection h = (o ⊙ tanh(c)) W_hr of width P < H; 0 for none.
-      dtype: parameter dtype.
-      input_init: initialiser of each (I, H) gate block of ``w_ih``; default LeCun normal (variance 1/I).
-      recurrent_init: initialiser of each (P, H) gate block of ``w_hh``; default orthogonal.
-      projection_init: initialiser of ``w_hr`` (H, P); default LeCun normal.
-      forget_bias: value of the forget gate's ``b_ih`` block; default 1.0 (Jozefowicz et al. 2015).
-
-    Returns:
-      ``params[layer][direction]`` of :class:`LSTMWeights` (see the module docstring for the layout).
-
-    >>> import jax, lstm_jax
-    >>> params = lstm_jax.init_lstm(jax.random.key(0), 3, 8, num_layers=2, bidirectional=True)
-    >>> len(params), len(params[0]), params[1][0].w_ih.shape
-    (2, 2, (16, 32))
-    """
-    _check_positive_int("input_size", input_size)
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("num_layers", num_layers)
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not 0 <= proj_size < hidden_size:
-        raise ValueError(f"proj_size must be an int in [0, hidden_size={hidden_size}), got {proj_size!r}")
-    output_size = proj_size or hidden_size
-    forget = slice(hidden_size, 2 * hidden_size)
-
-    def init_direction(key, layer_input):
-        k_ih, k_hh, k_hr = jax.random.split(key, 3)
-        b_ih = jnp.zeros((4 * hidden_size,), dtype).at[forget].set(forget_bias)
-        return LSTMWeights(
-            w_ih=_per_gate(input_init, k_ih, layer_input, hidden_size, 4, dtype),
-            w_hh=_per_gate(recurrent_init, k_hh, output_size, hidden_size, 4, dtype),
-            b_ih=b_ih,
-            b_hh=jnp.zeros((4 * hidden_size,), dtype),
-            w_hr=_draw(projection_init, k_hr, (hidden_size, proj_size), dtype) if proj_size else None,
-        )
-
-    return _init_stack(key, input_size, output_size, num_layers, bidirectional, init_direction)
-
-
-def init_gru(
-    key: PRNGKey,
-    input_size: int,
-    hidden_size: int,
-    *,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    dtype: DType = jnp.float32,
-    input_init: Initializer = lecun_normal,
-    recurrent_init: Initializer = orthogonal,
-) -> GRUParams:
-    """Initialises the parameters of a GRU (gate blocks r, z, n); arguments as :func:`init_lstm`, biases zero.
-
-    >>> import jax, lstm_jax
-    >>> lstm_jax.init_gru(jax.random.key(0), 3, 8)[0][0].w_hh.shape
-    (8, 24)
-    """
-    _check_positive_int("input_size", input_size)
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("num_layers", num_layers)
-
-    def init_direction(key, layer_input):
-        k_ih, k_hh = jax.random.split(key)
-        return GRUWeights(
-            w_ih=_per_gate(input_init, k_ih, layer_input, hidden_size, 3, dtype),
-            w_hh=_per_gate(recurrent_init, k_hh, hidden_size, hidden_size, 3, dtype),
-            b_ih=jnp.zeros((3 * hidden_size,), dtype),
-            b_hh=jnp.zeros((3 * hidden_size,), dtype),
-        )
-
-    return _init_stack(key, input_size, hidden_size, num_layers, bidirectional, init_direction)
-
-
-def init_rnn(
-    key: PRNGKey,
-    input_size: int,
-    hidden_size: int,
-    *,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    nonlinearity: Literal["tanh", "relu"] = "tanh",
-    dtype: DType = jnp.float32,
-    input_init: Initializer = lecun_normal,
-    recurrent_init: Initializer = orthogonal,
-) -> RNNParams:
-    """Initialises an Elman RNN, h' = nonlinearity(x W_ih + b_ih + h W_hh + b_hh); biases zero.
-
-    The nonlinearity is stored in the params (as static pytree metadata), so :func:`lstm_jax.rnn` needs no flag.
-
-    >>> import jax, lstm_jax
-    >>> lstm_jax.init_rnn(jax.random.key(0), 3, 8, nonlinearity="relu")[0][0].nonlinearity
-    'relu'
-    """
-    _check_positive_int("input_size", input_size)
-    _check_positive_int("hidden_size", hidden_size)
-    _check_positive_int("num_layers", num_layers)
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-
-    def init_direction(key, layer_input):
-        k_ih, k_hh = jax.random.split(key)
-        return RNNWeights(
-            w_ih=_draw(input_init, k_ih, (layer_input, hidden_size), dtype),
-            w_hh=_draw(recurrent_init, k_hh, (hidden_size, hidden_size), dtype),
-            b_ih=jnp.zeros((hidden_size,), dtype),
-            b_hh=jnp.zeros((hidden_size,), dtype),
-            nonlinearity=nonlinearity,
-        )
-
-    return _init_stack(key, input_size, hidden_size, num_layers, bidirectional, init_direction)

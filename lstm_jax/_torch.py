@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._params import GRUWeights, LSTMWeights, RNNWeights
+from ._validate import check_params
 
 
 def _kind(module):
@@ -99,7 +100,8 @@ def to_torch(params, module):
 
     Raises:
       ValueError: when the module's type, layers, directions, nonlinearity or any weight shape differ from
-        ``params``.
+        ``params``, or the params hold a variant torch cannot represent (peepholes, layer norm). The module is
+        left untouched then.
 
     >>> import jax, torch, lstm_jax
     >>> params = lstm_jax.init_gru(jax.random.key(0), 3, 8)
@@ -111,40 +113,50 @@ def to_torch(params, module):
 
     weights_type = _kind(module)
     _check_supported(module)
+    check_params(type(module).__name__.lower(), params, None)
+    for weights in (w for layer in params for w in layer):
+        if not isinstance(weights, weights_type):
+            raise ValueError(f"params hold {type(weights).__name__}, but the torch module is a {type(module).__name__}")
     directions = 2 if module.bidirectional else 1
-    if len(params) != module.num_layers or any(len(layer) != directions for layer in params):
+    if len(params) != module.num_layers or len(params[0]) != directions:
         raise ValueError(
             f"params have {len(params)} layers x {len(params[0])} directions, but the torch module has "
             f"{module.num_layers} layers x {directions} directions"
         )
-    with torch.no_grad():
-        for layer, direction, suffix in _suffixes(module):
-            weights = params[layer][direction]
-            if not isinstance(weights, weights_type):
-                raise ValueError(
-                    f"params hold {type(weights).__name__}, but the torch module is a {type(module).__name__}"
-                )
-            if weights_type is RNNWeights and weights.nonlinearity != module.nonlinearity:
-                raise ValueError(
-                    f"params use nonlinearity={weights.nonlinearity!r}, the torch module {module.nonlinearity!r}"
-                )
-            pairs = [("weight_ih", weights.w_ih.T), ("weight_hh", weights.w_hh.T)]
-            pairs += [("bias_ih", weights.b_ih), ("bias_hh", weights.b_hh)]
-            has_projection = weights_type is LSTMWeights and weights.w_hr is not None
-            if weights_type is LSTMWeights and has_projection != (module.proj_size > 0):
+    # Check everything before copying anything, so that a mismatch leaves the module untouched.
+    copies = []
+    for layer, direction, suffix in _suffixes(module):
+        weights = params[layer][direction]
+        if weights_type is RNNWeights and weights.nonlinearity != module.nonlinearity:
+            raise ValueError(
+                f"params use nonlinearity={weights.nonlinearity!r}, the torch module {module.nonlinearity!r}"
+            )
+        pairs = [("weight_ih", weights.w_ih.T), ("weight_hh", weights.w_hh.T)]
+        pairs += [("bias_ih", weights.b_ih), ("bias_hh", weights.b_hh)]
+        if weights_type is LSTMWeights:
+            for variant in ("peephole", "layer_norm"):
+                if getattr(weights, variant) is not None:
+                    raise ValueError(
+                        f"params hold the {variant} variant, which torch.nn.LSTM cannot represent; "
+                        "only plain and projected LSTMs export to torch"
+                    )
+            has_projection = weights.w_hr is not None
+            if has_projection != (module.proj_size > 0):
                 raise ValueError(
                     f"params {'have' if has_projection else 'lack'} a projection w_hr, but the torch module has "
                     f"proj_size={module.proj_size}"
                 )
             if has_projection:
                 pairs.append(("weight_hr", weights.w_hr.T))
-            for name, value in pairs:
-                target = getattr(module, name + suffix)
-                value = np.array(value, order="C")  # a writable copy: torch.from_numpy rejects read-only arrays
-                if tuple(target.shape) != value.shape:
-                    raise ValueError(
-                        f"{name + suffix}: the torch module expects shape {tuple(target.shape)}, "
-                        f"params give {value.shape}"
-                    )
-                target.copy_(torch.from_numpy(value).to(target.dtype))
+        for name, value in pairs:
+            target = getattr(module, name + suffix)
+            value = np.array(value, order="C")  # a writable copy: torch.from_numpy rejects read-only arrays
+            if tuple(target.shape) != value.shape:
+                raise ValueError(
+                    f"{name + suffix}: the torch module expects shape {tuple(target.shape)}, params give {value.shape}"
+                )
+            copies.append((target, value))
+    with torch.no_grad():
+        for target, value in copies:
+            target.copy_(torch.from_numpy(value).to(target.dtype))
     return module

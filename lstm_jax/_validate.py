@@ -16,14 +16,16 @@ from ._typing import Array, ArrayLike
 
 
 def check_params(name: str, params, weights_type) -> tuple[int, int]:
-    """Checks ``params[layer][direction]`` structure; returns (L, D)."""
+    """Checks ``params[layer][direction]`` structure (and, unless ``weights_type`` is None, the weights' type);
+    returns (L, D)."""
     if (
         not isinstance(params, (tuple, list))
         or not params
         or not all(isinstance(layer, (tuple, list)) and len(layer) in (1, 2) for layer in params)
     ):
+        held = "weights" if weights_type is None else weights_type.__name__
         raise ValueError(
-            f"params must be params[layer][direction] (a non-empty tuple of tuples of {weights_type.__name__}, "
+            f"params must be params[layer][direction] (a non-empty tuple of tuples of {held}, "
             f"as returned by init_{name}), got {type(params).__name__}"
         )
     num_directions = len(params[0])
@@ -31,7 +33,7 @@ def check_params(name: str, params, weights_type) -> tuple[int, int]:
         if len(layer) != num_directions:
             raise ValueError("params: every layer must have the same number of directions")
         for weights in layer:
-            if not isinstance(weights, weights_type):
+            if weights_type is not None and not isinstance(weights, weights_type):
                 raise ValueError(
                     f"params for {name} must hold {weights_type.__name__}, got {type(weights).__name__} "
                     f"(params from init_{name} or from_torch of the matching torch module)"
@@ -39,8 +41,8 @@ def check_params(name: str, params, weights_type) -> tuple[int, int]:
     return len(params), num_directions
 
 
-def as_time_major(xs: ArrayLike, batch_first: bool, input_size: int) -> Array:
-    """Checks xs and returns it as (T, B, I)."""
+def as_time_major(xs: ArrayLike, batch_first: bool, input_size: int | None) -> Array:
+    """Checks xs (and its input size, unless None) and returns it as (T, B, I)."""
     xs = jnp.asarray(xs)
     layout = "(B, T, I)" if batch_first else "(T, B, I)"
     if xs.ndim != 3:
@@ -48,7 +50,7 @@ def as_time_major(xs: ArrayLike, batch_first: bool, input_size: int) -> Array:
             f"xs must have rank 3 {layout} with batch_first={batch_first}, got shape {xs.shape}; "
             "add a batch axis for a single sequence"
         )
-    if xs.shape[-1] != input_size:
+    if input_size is not None and xs.shape[-1] != input_size:
         raise ValueError(f"xs has input size {xs.shape[-1]} (last axis), but params expect input_size={input_size}")
     if xs.shape[0] == 0 or xs.shape[1] == 0:
         raise ValueError(f"xs must have at least one time step and one sequence, got shape {xs.shape}")
@@ -62,17 +64,32 @@ def check_state(name: str, state: ArrayLike, expected: tuple[int, ...]) -> Array
     return state
 
 
+def check_carry(name: str, carry, expected) -> None:
+    """Checks a user-given carry pytree against the expected structure and (L·D, B, ·) leaf shapes."""
+    if jax.tree.structure(carry) != jax.tree.structure(expected):
+        raise ValueError(
+            f"{name} must have the structure of the cell's carry, {jax.tree.structure(expected)}, "
+            f"got {jax.tree.structure(carry)}"
+        )
+    for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(carry), jax.tree.leaves(expected), strict=True):
+        if jnp.shape(leaf) != want.shape:
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} must have shape {want.shape} (L·D, B, features), "
+                f"got {jnp.shape(leaf)}"
+            )
+
+
 def check_lengths(seq_lengths: ArrayLike | None, batch: int, steps: int) -> Array | None:
     if seq_lengths is None:
         return None
-    concrete = not isinstance(seq_lengths, jax.core.Tracer)
+    # Read concrete values before jnp.asarray: inside jit, asarray of a tuple or numpy array is itself a tracer.
+    values = None if isinstance(seq_lengths, jax.core.Tracer) else np.asarray(seq_lengths)
     lengths = jnp.asarray(seq_lengths)
     if lengths.shape != (batch,):
         raise ValueError(f"seq_lengths must have shape (B,) = ({batch},), got {lengths.shape}")
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ValueError(f"seq_lengths must have an integer dtype, got {lengths.dtype}")
-    if concrete:
-        values = np.asarray(lengths)
+    if values is not None:
         if values.min() < 1 or values.max() > steps:
             raise ValueError(f"seq_lengths must lie in [1, T={steps}], got min {values.min()} and max {values.max()}")
     return lengths

@@ -110,9 +110,7 @@ def torch_forward(module, case: Case, xs: torch.Tensor, state: list[torch.Tensor
             xs, torch.tensor(case.lengths), batch_first=case.batch_first, enforce_sorted=False
         )
         packed_ys, final = module(packed, hx)
-        ys, _ = torch.nn.utils.rnn.pad_packed_sequence(
-            packed_ys, batch_first=case.batch_first, total_length=case.steps
-        )
+        ys, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_ys, batch_first=case.batch_first, total_length=case.steps)
     return ys, list(final) if case.kind == "lstm" else [final]
 
 
