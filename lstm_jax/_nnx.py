@@ -11,6 +11,7 @@ Dropout follows ``nnx.Dropout``: active in training mode (the default; ``model.t
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import jax
@@ -19,6 +20,7 @@ from flax import nnx
 
 from ._functional import gru, init_gru, init_lstm, init_rnn, lstm, rnn
 from ._params import GRUWeights, LSTMWeights, RNNWeights
+from ._regularizers import Regularizers
 from ._typing import DType
 from ._validate import check_params
 
@@ -33,8 +35,18 @@ class _Recurrent(nnx.Module):
     _apply = staticmethod(lstm)
     _weights_type = LSTMWeights
 
-    def __init__(self, params, *, dropout: float, batch_first: bool, rngs: nnx.Rngs | None):
+    def __init__(
+        self,
+        params,
+        *,
+        dropout: float,
+        batch_first: bool,
+        rngs: nnx.Rngs | None,
+        regularizers: Regularizers | None = None,
+        matmul_dtype: DType | None = None,
+    ):
         check_params(type(self).__name__.lower(), params, self._weights_type)
+        regularizers = regularizers or Regularizers()
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if dropout > 0.0 and len(params) == 1:
@@ -42,13 +54,16 @@ class _Recurrent(nnx.Module):
                 "dropout acts between stacked layers (as in PyTorch), so it has no effect with num_layers=1",
                 stacklevel=3,
             )
-        if dropout > 0.0 and rngs is None:
-            raise ValueError(f"dropout={dropout} needs rngs with a 'dropout' (or 'default') stream")
+        stochastic = dropout > 0.0 or regularizers.active
+        if stochastic and rngs is None:
+            raise ValueError(f"dropout={dropout} / {regularizers} need rngs with a 'dropout' (or 'default') stream")
         self.layers = nnx.data(jax.tree.map(nnx.Param, params))
         self.dropout = dropout
+        self.regularizers = regularizers
+        self.matmul_dtype = matmul_dtype
         self.batch_first = batch_first
         self.deterministic = False
-        self.rngs = rngs["dropout"].fork() if dropout > 0.0 else nnx.data(None)
+        self.rngs = rngs["dropout"].fork() if stochastic else nnx.data(None)
 
     @property
     def weights(self):
@@ -63,30 +78,32 @@ class _Recurrent(nnx.Module):
     def __call__(self, xs, initial_state=None, *, seq_lengths=None, deterministic: bool | None = None):
         """Runs the recurrence; ``deterministic`` (if given) overrides the train/eval mode for this call."""
         deterministic = self.deterministic if deterministic is None else deterministic
-        active = self.dropout > 0.0 and not deterministic
-        return type(self)._apply(
-            self.weights,
-            xs,
-            initial_state,
-            seq_lengths=seq_lengths,
-            batch_first=self.batch_first,
-            dropout=self.dropout if active else 0.0,
-            key=self.rngs() if active else None,
-        )
+        active = (self.dropout > 0.0 or self.regularizers.active) and not deterministic
+        options = dict(batch_first=self.batch_first, matmul_dtype=self.matmul_dtype)
+        if active:
+            options.update(dropout=self.dropout, key=self.rngs())
+            if self.regularizers.active:
+                options.update(dataclasses.asdict(self.regularizers))
+        return type(self)._apply(self.weights, xs, initial_state, seq_lengths=seq_lengths, **options)
 
     @classmethod
-    def from_params(cls, params, *, dropout: float = 0.0, batch_first: bool = False, rngs: nnx.Rngs | None = None):
+    def from_params(
+        cls, params, *, dropout: float = 0.0, batch_first: bool = False, rngs: nnx.Rngs | None = None, **options
+    ):
         """Wraps existing functional params (e.g. ``lstm_jax.from_torch(torch_module)``) in a module.
 
-        The architecture (sizes, layers, directions, projection, nonlinearity, dtype) is read from ``params``.
-        ``rngs`` is needed only for dropout.
+        The architecture (sizes, layers, directions, projection, variants, nonlinearity, dtype) is read from
+        ``params``; ``options`` are the constructor's other keywords (regularisers, ``matmul_dtype``). ``rngs`` is
+        needed only for dropout and the regularisers.
         """
         check_params(cls.__name__.lower(), params, cls._weights_type)
         if dropout and rngs is None:
             raise ValueError(f"dropout={dropout} needs rngs with a 'dropout' (or 'default') stream")
         # Build through the normal constructor (NNX modules must be created by their metaclass), then swap in the
         # given arrays; the throwaway initialisation is cheap next to any use of the module.
-        module = cls(**cls._config(params), dropout=dropout, batch_first=batch_first, rngs=rngs or nnx.Rngs(0))
+        module = cls(
+            **cls._config(params), dropout=dropout, batch_first=batch_first, rngs=rngs or nnx.Rngs(0), **options
+        )
         module.layers = nnx.data(jax.tree.map(nnx.Param, params))
         return module
 
@@ -114,7 +131,13 @@ class LSTM(_Recurrent):
       num_layers: L.
       bidirectional: D = 2 when True.
       proj_size: LSTMP projection width P (0 for none).
+      peephole: peephole connections (Gers & Schmidhuber 2000).
+      layer_norm: layer-normalised LSTM (Ba et al. 2016).
       dropout: rate between layers, active in training mode.
+      input_dropout, recurrent_dropout: variational dropout (Gal & Ghahramani 2016), active in training mode.
+      zoneout: zoneout rate, or (z_h, z_c) (Krueger et al. 2017), active in training mode.
+      weight_dropout: DropConnect on W_hh (Merity et al. 2018), active in training mode.
+      matmul_dtype: e.g. ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and cell state.
       batch_first: xs and ys are (B, T, ·).
       dtype: parameter dtype.
       rngs: ``nnx.Rngs``; ``params`` stream for init, ``dropout`` stream for dropout.
@@ -134,8 +157,12 @@ class LSTM(_Recurrent):
     @staticmethod
     def _config(params) -> dict:
         weights = params[0][0]
-        proj_size = 0 if weights.w_hr is None else weights.w_hr.shape[-1]
-        return dict(_Recurrent._config(params), proj_size=proj_size)
+        return dict(
+            _Recurrent._config(params),
+            proj_size=0 if weights.w_hr is None else weights.w_hr.shape[-1],
+            peephole=weights.peephole is not None,
+            layer_norm=weights.layer_norm is not None,
+        )
 
     def __init__(
         self,
@@ -145,7 +172,14 @@ class LSTM(_Recurrent):
         num_layers: int = 1,
         bidirectional: bool = False,
         proj_size: int = 0,
+        peephole: bool = False,
+        layer_norm: bool = False,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        weight_dropout: float = 0.0,
+        matmul_dtype: DType | None = None,
         batch_first: bool = False,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
@@ -157,9 +191,24 @@ class LSTM(_Recurrent):
             num_layers=num_layers,
             bidirectional=bidirectional,
             proj_size=proj_size,
+            peephole=peephole,
+            layer_norm=layer_norm,
             dtype=dtype,
         )
-        super().__init__(params, dropout=dropout, batch_first=batch_first, rngs=rngs)
+        regularizers = Regularizers.make(
+            input_dropout=input_dropout,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            weight_dropout=weight_dropout,
+        )
+        super().__init__(
+            params,
+            dropout=dropout,
+            batch_first=batch_first,
+            rngs=rngs,
+            regularizers=regularizers,
+            matmul_dtype=matmul_dtype,
+        )
 
 
 class GRU(_Recurrent):
@@ -184,6 +233,7 @@ class GRU(_Recurrent):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        matmul_dtype: DType | None = None,
         batch_first: bool = False,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
@@ -191,7 +241,7 @@ class GRU(_Recurrent):
         params = init_gru(
             rngs.params(), input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype
         )
-        super().__init__(params, dropout=dropout, batch_first=batch_first, rngs=rngs)
+        super().__init__(params, dropout=dropout, batch_first=batch_first, rngs=rngs, matmul_dtype=matmul_dtype)
 
 
 class RNN(_Recurrent):
@@ -221,6 +271,7 @@ class RNN(_Recurrent):
         bidirectional: bool = False,
         nonlinearity: str = "tanh",
         dropout: float = 0.0,
+        matmul_dtype: DType | None = None,
         batch_first: bool = False,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
@@ -234,4 +285,4 @@ class RNN(_Recurrent):
             nonlinearity=nonlinearity,
             dtype=dtype,
         )
-        super().__init__(params, dropout=dropout, batch_first=batch_first, rngs=rngs)
+        super().__init__(params, dropout=dropout, batch_first=batch_first, rngs=rngs, matmul_dtype=matmul_dtype)
