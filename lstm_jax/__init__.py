@@ -30,6 +30,7 @@ from ._params import GRUWeights as GRUWeights
 from ._params import LayerNormWeights as LayerNormWeights
 from ._params import LSTMWeights as LSTMWeights
 from ._params import RNNWeights as RNNWeights
+from ._tbptt import truncated_bptt as truncated_bptt
 from ._torch import from_torch as from_torch
 from ._torch import to_torch as to_torch
 
