@@ -13,6 +13,7 @@ from ._cells import gru_cell as gru_cell
 from ._cells import lstm_cell as lstm_cell
 from ._cells import matmul as matmul
 from ._cells import rnn_cell as rnn_cell
+from ._driver import Impl as Impl
 from ._functional import gru as gru
 from ._functional import init_cell as init_cell
 from ._functional import init_gru as init_gru

@@ -1,8 +1,9 @@
 """The recurrence driver: runs any cell over time, layers and directions.
 
-The one seam where implementation choices live is :func:`scan_direction`: every cell, layer and direction goes
-through it, so a faster path (custom BPTT, hoisted input projection, cuDNN) can be swapped in there and compared
-against the plain ``jax.grad``-of-``lax.scan`` path that it is today.
+Implementation choices live in one place, :func:`run_direction`, which every cell, layer and direction goes
+through: it picks the path named by :class:`Impl` where that path applies and the reference
+``jax.grad``-of-``lax.scan`` path (:func:`scan_direction`) otherwise, so every path is compared against the same
+reference.
 
 Variable lengths follow ``torch.nn.utils.rnn.pack_padded_sequence``: step t of sequence b is valid when
 t < lengths[b]. Invalid steps leave the carry unchanged and output zeros. Because of that, a forward scan ends
@@ -14,16 +15,46 @@ state).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from . import _bptt
+from ._cells import lstm_cell
 from ._regularizers import Regularizers, regularize
 from ._typing import Array, PRNGKey
 
 Step = Callable[[Any, Array], tuple[Any, Array]]
+
+
+class Impl(enum.Enum):
+    """How one direction of one layer is run and differentiated.
+
+    * ``SCAN`` — ``lax.scan`` of the cell's step, differentiated by ``jax.grad``: the reference path; runs every
+      cell, variant and regulariser.
+    * ``BPTT`` — the plain LSTM with a hand-written backward pass (:mod:`lstm_jax._bptt`) whose weight
+      gradients are whole-sequence GEMMs after the reverse scan. Where it does not apply (GRU, RNN, custom cells,
+      projection, peepholes, layer norm, recurrent dropout, zoneout) the driver runs ``SCAN`` instead.
+    """
+
+    SCAN = "scan"
+    BPTT = "bptt"
+
+
+def run_direction(
+    cell_step, weights: Any, carry: Any, xs: Any, *, lengths: Array | None, reverse: bool, impl: Impl
+) -> tuple[Any, Array]:
+    """The seam: runs one direction of one layer with the path ``impl`` names, where it applies."""
+    if impl is Impl.BPTT and cell_step is lstm_cell and _bptt.supports(weights) and isinstance(xs, jax.Array):
+        return _bptt.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
+
+    def step(carry, x):
+        return cell_step(weights, carry, x)
+
+    return scan_direction(step, carry, xs, lengths=lengths, reverse=reverse)
 
 
 def scan_direction(
@@ -67,6 +98,7 @@ def run_stack(
     dropout: float = 0.0,
     key: PRNGKey | None = None,
     regularizers: Regularizers | None = None,
+    impl: Impl = Impl.SCAN,
 ) -> tuple[Array, list[Any]]:
     """Runs a stacked, optionally bidirectional recurrence, PyTorch style.
 
@@ -79,6 +111,7 @@ def run_stack(
       dropout: rate applied to the outputs of every layer but the last (only with ``key``).
       key: PRNG key for dropout and the regularisers; without it both are off.
       regularizers: variational dropout, zoneout, weight dropout (see :mod:`lstm_jax._regularizers`).
+      impl: the implementation path (:class:`Impl`).
 
     Returns:
       ``(ys, final_carries)``: ys (T, B, D·O) the last layer's outputs with directions concatenated
@@ -99,13 +132,11 @@ def run_stack(
             carry = carries[index]
             if regularized:
                 step, inputs = regularize(regularizers, regularizer_keys[index], weights, cell_step, carry, xs)
+                carry, ys = scan_direction(step, carry, inputs, lengths=lengths, reverse=direction == 1)
             else:
-
-                def step(carry, x, weights=weights):
-                    return cell_step(weights, carry, x)
-
-                inputs = xs
-            carry, ys = scan_direction(step, carry, inputs, lengths=lengths, reverse=direction == 1)
+                carry, ys = run_direction(
+                    cell_step, weights, carry, xs, lengths=lengths, reverse=direction == 1, impl=impl
+                )
             finals.append(carry)
             outputs.append(ys)
         xs = outputs[0] if num_directions == 1 else jnp.concatenate(outputs, axis=-1)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from . import _validate
 from ._cells import Cell, GRUCell, LSTMCell, LSTMState, RNNCell, gru_cell, lstm_cell, rnn_cell
-from ._driver import run_stack
+from ._driver import Impl, run_stack
 from ._params import (
     GRUParams,
     GRUWeights,
@@ -95,11 +95,23 @@ def _prepare(name, params, weights_type, xs, batch_first, seq_lengths, dropout, 
     return xs, lengths, num_layers * num_directions, batch, dtype
 
 
-def _run(cell_step, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype):
+def _run(cell_step, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype, impl="scan"):
     if matmul_dtype is not None:
         params = _cast_kernels(params, matmul_dtype)
+    try:
+        impl = Impl(impl)
+    except ValueError:
+        raise ValueError(f"impl must be one of {[i.value for i in Impl]}, got {impl!r}") from None
     ys, finals = run_stack(
-        cell_step, params, xs, carries, lengths=lengths, dropout=dropout, key=key, regularizers=regularizers
+        cell_step,
+        params,
+        xs,
+        carries,
+        lengths=lengths,
+        dropout=dropout,
+        key=key,
+        regularizers=regularizers,
+        impl=impl,
     )
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *finals)
     return (jnp.swapaxes(ys, 0, 1) if batch_first else ys), stacked
@@ -284,6 +296,7 @@ def lstm(
     zoneout: float | tuple[float, float] = 0.0,
     weight_dropout: float = 0.0,
     matmul_dtype: DType | None = None,
+    impl: str | Impl = "scan",
 ) -> tuple[Array, LSTMState]:
     """Runs a (stacked, bidirectional, projected) LSTM over a batch of sequences, as ``torch.nn.LSTM`` does.
 
@@ -313,6 +326,9 @@ def lstm(
         pair (z_h, z_c).
       weight_dropout: DropConnect on ``w_hh`` (Merity et al. 2018, AWD-LSTM), one mask per call.
       matmul_dtype: ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and a float32 cell state.
+      impl: implementation path, ``"scan"`` (``jax.grad`` of ``lax.scan``, the reference) or ``"bptt"`` (a
+        hand-written backward pass with whole-sequence weight-gradient GEMMs); see :class:`lstm_jax.Impl` for when
+        each applies and wins. Results agree to float rounding.
 
     Returns:
       ``(ys, LSTMState(h_n, c_n))``: ys (T, B, D·P) (or (B, T, D·P)); h_n (L·D, B, P); c_n (L·D, B, H).
@@ -344,7 +360,7 @@ def lstm(
         h0 = _validate.check_state("initial_state h_0", initial_state[0], (num_states, batch, output))
         c0 = _validate.check_state("initial_state c_0", initial_state[1], (num_states, batch, hidden))
     carries = [LSTMState(h0[k], c0[k]) for k in range(num_states)]
-    return _run(lstm_cell, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype)
+    return _run(lstm_cell, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype, impl)
 
 
 def _single_state(name, cell_step, weights_type, params, xs, h0, seq_lengths, batch_first, dropout, key, matmul_dtype):

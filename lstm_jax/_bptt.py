@@ -1,0 +1,154 @@
+"""Hand-written backprop through time for the plain LSTM: the ``Impl.BPTT`` path of :mod:`lstm_jax._driver`.
+
+``jax.grad`` of a ``lax.scan`` (the reference path) accumulates the weight gradients inside the reverse loop: every
+step adds h_{t-1}ᵀ dz_t into dW_hh and x_tᵀ dz_t into dW_ih, T small matmuls and T read-modify-writes of the
+(·, 4H) gradients. Here the forward scan stores the gate activations, the reverse scan computes only what is truly
+sequential (dz_t and dh_{t-1} = dz_t W_hhᵀ), and everything else becomes one large GEMM over all T·B rows after
+it::
+
+    dW_hh = [h_0 … h_{T-1}]ᵀ dZ      dW_ih = Xᵀ dZ      db = Σ_t,b dZ      dX = dZ W_ihᵀ
+
+Per step of the reverse scan, with σ' and tanh' written through the stored activations (PyTorch gate order)::
+
+    dh = dh_{t} + dy_t                  do = dh ⊙ tanh(c_t)
+    dc = dc_{t} + dh ⊙ o ⊙ (1 − tanh²(c_t))
+    di = dc ⊙ g,  df = dc ⊙ c_{t-1},  dg = dc ⊙ i,  dc_{t-1} = dc ⊙ f
+    dz_t = [di ⊙ i(1−i), df ⊙ f(1−f), dg ⊙ (1−g²), do ⊙ o(1−o)],  dh_{t-1} = dz_t W_hhᵀ
+
+Variable lengths use the driver's masking (invalid steps keep the carry and output zero); in the backward pass an
+invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to LSTM weights without
+projection, peepholes or layer norm; the driver falls back to the reference path otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._cells import LSTMState
+from ._params import LSTMWeights
+from ._typing import Array
+
+
+def supports(weights) -> bool:
+    """Whether ``weights`` are a plain LSTM this path implements."""
+    return (
+        isinstance(weights, LSTMWeights)
+        and weights.w_hr is None
+        and weights.peephole is None
+        and weights.layer_norm is None
+    )
+
+
+def _gates(z: Array) -> tuple[Array, Array, Array, Array]:
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, *, masked, reverse, save):
+    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
+
+    def step(carry, inputs):
+        h, c = carry
+        x, t = inputs
+        i, f, g, o = _gates(x @ w_ih + h @ w_hh + b[None, :])
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        if masked:
+            valid = (t < lengths)[:, None]
+            h_new, c_new = jnp.where(valid, h_new, h), jnp.where(valid, c_new, c)
+            y = jnp.where(valid, h_new, jnp.zeros_like(h_new))
+        else:
+            y = h_new
+        residuals = (h_new, c_new, jnp.concatenate([i, f, g, o], axis=-1)) if save else None
+        return (h_new, c_new), (y, residuals)
+
+    (h, c), (ys, residuals) = jax.lax.scan(step, (h0, c0), (xs, steps), reverse=reverse)
+    return ys, h, c, residuals
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _lstm_direction(w_ih, w_hh, b, h0, c0, xs, lengths, masked, reverse):
+    ys, h, c, _ = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, masked=masked, reverse=reverse, save=False)
+    return ys, h, c
+
+
+def _lstm_direction_fwd(w_ih, w_hh, b, h0, c0, xs, lengths, masked, reverse):
+    ys, h, c, (hs, cs, acts) = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, masked=masked, reverse=reverse, save=True)
+    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, hs, cs, acts)
+
+
+def _previous(first: Array, carried: Array, reverse: bool) -> Array:
+    """The state each step started from: [first, carried[0], …] (or, scanning in reverse, […, carried[T-1], first])."""
+    if reverse:
+        return jnp.concatenate([carried[1:], first[None]], axis=0)
+    return jnp.concatenate([first[None], carried[:-1]], axis=0)
+
+
+def _lstm_direction_bwd(masked, reverse, residuals, cotangents):
+    w_ih, w_hh, h0, c0, xs, lengths, hs, cs, acts = residuals
+    d_ys, d_h, d_c = cotangents
+    h_prev = _previous(h0, hs, reverse)
+    c_prev = _previous(c0, cs, reverse)
+    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
+    w_hh_t = w_hh.T
+
+    def step(carry, inputs):
+        dh, dc = carry
+        dy, act, c, c_before, t = inputs
+        i, f, g, o = jnp.split(act, 4, axis=-1)
+        tanh_c = jnp.tanh(c)
+        dh_total = dh + dy
+        dc_total = dc + dh_total * o * (1.0 - tanh_c * tanh_c)
+        dz = jnp.concatenate(
+            [
+                dc_total * g * i * (1.0 - i),
+                dc_total * c_before * f * (1.0 - f),
+                dc_total * i * (1.0 - g * g),
+                dh_total * tanh_c * o * (1.0 - o),
+            ],
+            axis=-1,
+        )
+        dc_before = dc_total * f
+        if masked:
+            valid = (t < lengths)[:, None]
+            dz = jnp.where(valid, dz, jnp.zeros_like(dz))
+            dh_before = jnp.where(valid, dz @ w_hh_t, dh)
+            dc_before = jnp.where(valid, dc_before, dc)
+        else:
+            dh_before = dz @ w_hh_t
+        return (dh_before, dc_before), dz
+
+    # Masked outputs were constant zeros at invalid steps: their cotangents must not reach the state.
+    if masked:
+        d_ys = jnp.where((steps[:, None] < lengths[None, :])[:, :, None], d_ys, jnp.zeros_like(d_ys))
+    (dh0, dc0), dz = jax.lax.scan(step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse)
+
+    T, B, _ = xs.shape
+    dz_rows = dz.reshape(T * B, -1)
+    d_w_hh = h_prev.reshape(T * B, -1).T @ dz_rows
+    d_w_ih = xs.reshape(T * B, -1).T @ dz_rows
+    d_b = jnp.sum(dz_rows, axis=0)
+    d_xs = dz @ w_ih.T
+    d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
+    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_lengths
+
+
+_lstm_direction.defvjp(_lstm_direction_fwd, _lstm_direction_bwd)
+
+
+def lstm_direction(
+    weights: LSTMWeights, carry: LSTMState, xs: Array, *, lengths: Array | None = None, reverse: bool = False
+) -> tuple[LSTMState, Array]:
+    """One direction of one plain LSTM layer with the hand-written backward pass: ``(final_state, ys)``.
+
+    Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=..., reverse=...)``.
+    """
+    masked = lengths is not None
+    lengths = jnp.zeros((xs.shape[1],), jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    b = weights.b_ih + weights.b_hh
+    ys, h, c = _lstm_direction(weights.w_ih, weights.w_hh, b, carry.h, carry.c, xs, lengths, masked, reverse)
+    return LSTMState(h, c), ys

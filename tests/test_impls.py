@@ -1,0 +1,144 @@
+"""Every implementation path (lstm_jax.Impl) against the naive reference and PyTorch: values and gradients.
+
+The reference path (Impl.SCAN) is covered across the whole model zoo by test_reference.py / test_torch_parity.py;
+here each other path is held to the same oracles on the configurations where it applies, and the fallback to the
+reference path is checked where it does not.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.test_util import check_grads
+from reference import random_initial_state, random_normal, random_params, reference_lstm
+
+import lstm_jax
+
+T, B, I, H = 6, 3, 4, 5
+FAST_PATHS = [impl.value for impl in lstm_jax.Impl if impl is not lstm_jax.Impl.SCAN]
+
+CONFIGS = [
+    dict(num_layers=1, bidirectional=False, lengths=None, state=False, batch_first=False),
+    dict(num_layers=2, bidirectional=True, lengths=[6, 1, 4], state=True, batch_first=False),
+    dict(num_layers=2, bidirectional=False, lengths=[3, 6, 5], state=True, batch_first=True),
+]
+
+
+def _loss_and_grads(fn, params, xs, state, lengths, batch_first, coefficients):
+    def loss(params, xs, state):
+        ys, (h_n, c_n) = fn(params, xs, state, seq_lengths=lengths, batch_first=batch_first)
+        return jnp.sum(ys * coefficients) + jnp.sum(h_n**2) + jnp.sum(jnp.sin(c_n)), (ys, h_n, c_n)
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+@pytest.mark.parametrize("config", CONFIGS, ids=["plain", "bi_packed_state", "packed_batch_first"])
+def test_path_matches_naive_reference(impl, config, tol):
+    rng = np.random.default_rng(0)
+    L, bidirectional = config["num_layers"], config["bidirectional"]
+    D = 2 if bidirectional else 1
+    params = random_params(rng, lstm_jax.init_lstm, I, H, num_layers=L, bidirectional=bidirectional)
+    xs = random_normal(rng, (B, T, I) if config["batch_first"] else (T, B, I))
+    state = random_initial_state(rng, params, B) if config["state"] else None
+    lengths = None if config["lengths"] is None else jnp.array(config["lengths"])
+    coefficients = random_normal(rng, (B, T, D * H) if config["batch_first"] else (T, B, D * H))
+
+    def library(params, xs, state, **kwargs):
+        return lstm_jax.lstm(params, xs, state, impl=impl, **kwargs)
+
+    (_, got), got_grads = jax.jit(
+        lambda p, x, s: _loss_and_grads(library, p, x, s, lengths, config["batch_first"], coefficients)
+    )(params, xs, state)
+    (_, want), want_grads = _loss_and_grads(
+        reference_lstm, params, xs, state, lengths, config["batch_first"], coefficients
+    )
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, **tol["float32"])
+    got_leaves, want_leaves = jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)
+    assert len(got_leaves) == len(want_leaves)
+    for g, w in zip(got_leaves, want_leaves, strict=True):
+        np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+def test_path_check_grads_float64(impl):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        params = random_params(rng, lstm_jax.init_lstm, 2, 3, bidirectional=True, dtype=jnp.float64)
+        xs = random_normal(rng, (4, 2, 2), jnp.float64)
+        lengths = jnp.array([4, 2])
+
+        def f(params, xs):
+            ys, (h_n, c_n) = lstm_jax.lstm(params, xs, seq_lengths=lengths, impl=impl)
+            return jnp.sum(jnp.sin(ys)) + jnp.sum(h_n * c_n)
+
+        check_grads(f, (params, xs), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+def test_path_matches_torch(impl, tol):
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True)
+    params = lstm_jax.from_torch(module)
+    x = np.random.default_rng(2).standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.array([6, 2, 5])
+    coefficients = np.random.default_rng(3).standard_normal((T, B, 2 * H)).astype(np.float32)
+
+    x_torch = torch.tensor(x, requires_grad=True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x_torch, torch.tensor(lengths), enforce_sorted=False)
+    out, (h_n, c_n) = module(packed)
+    ys, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    (torch.sum(ys * torch.tensor(coefficients)) + torch.sum(h_n**2) + torch.sum(torch.sin(c_n))).backward()
+
+    def loss(params, xs):
+        ys, (h_n, c_n) = lstm_jax.lstm(params, xs, seq_lengths=lengths, impl=impl)
+        return jnp.sum(ys * coefficients) + jnp.sum(h_n**2) + jnp.sum(jnp.sin(c_n)), ys
+
+    (_, got_ys), (grads, d_xs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+    np.testing.assert_allclose(got_ys, ys.detach().numpy(), **tol["float32"])
+    np.testing.assert_allclose(d_xs, x_torch.grad.numpy(), **tol["float32_grad"])
+    for layer in range(2):
+        for direction, suffix in enumerate(["", "_reverse"]):
+            got = grads[layer][direction]
+            for name, torch_name, transpose in [
+                ("w_ih", "weight_ih", True),
+                ("w_hh", "weight_hh", True),
+                ("b_ih", "bias_ih", False),
+                ("b_hh", "bias_hh", False),
+            ]:
+                want = getattr(module, f"{torch_name}_l{layer}{suffix}").grad.numpy()
+                value = np.asarray(getattr(got, name))
+                np.testing.assert_allclose(value.T if transpose else value, want, **tol["float32_grad"])
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+def test_path_under_vmap_and_jit(impl, tol):
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=2)
+    xs = jax.random.normal(jax.random.key(1), (2, T, B, I))  # an extra leading axis
+
+    def loss(params, xs):
+        return jnp.sum(lstm_jax.lstm(params, xs, impl=impl)[0] ** 2)
+
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, xs)
+    for k in range(2):
+        eager = jax.grad(loss)(params, xs[k])
+        jax.tree.map(lambda a, b, k=k: np.testing.assert_allclose(a[k], b, **tol["float32_grad"]), per_example, eager)
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+def test_path_falls_back_where_it_does_not_apply(impl, tol):
+    """Projection, peepholes and layer norm run the reference path: the results are the scan path's exactly."""
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    for variant in (dict(proj_size=2), dict(peephole=True), dict(layer_norm=True)):
+        params = lstm_jax.init_lstm(jax.random.key(0), I, H, **variant)
+        got = jax.grad(lambda p: jnp.sum(lstm_jax.lstm(p, xs, impl=impl)[0]))(params)
+        want = jax.grad(lambda p: jnp.sum(lstm_jax.lstm(p, xs, impl="scan")[0]))(params)
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_unknown_impl_is_an_error():
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H)
+    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt'\], got 'cudnn'"):
+        lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="cudnn")
