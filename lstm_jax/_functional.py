@@ -296,7 +296,7 @@ def lstm(
     zoneout: float | tuple[float, float] = 0.0,
     weight_dropout: float = 0.0,
     matmul_dtype: DType | None = None,
-    impl: str | Impl = "scan",
+    impl: str | Impl = "bptt",
 ) -> tuple[Array, LSTMState]:
     """Runs a (stacked, bidirectional, projected) LSTM over a batch of sequences, as ``torch.nn.LSTM`` does.
 
@@ -326,9 +326,10 @@ def lstm(
         pair (z_h, z_c).
       weight_dropout: DropConnect on ``w_hh`` (Merity et al. 2018, AWD-LSTM), one mask per call.
       matmul_dtype: ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and a float32 cell state.
-      impl: implementation path, ``"scan"`` (``jax.grad`` of ``lax.scan``, the reference) or ``"bptt"`` (a
-        hand-written backward pass with whole-sequence weight-gradient GEMMs); see :class:`lstm_jax.Impl` for when
-        each applies and wins. Results agree to float rounding.
+      impl: implementation path: ``"bptt"`` (default; a hand-written backward pass with whole-sequence
+        weight-gradient GEMMs, falling back to ``"scan"`` where it does not apply) or ``"scan"`` (``jax.grad`` of
+        ``lax.scan``, the reference; also the one that supports forward-mode autodiff, ``jax.jvp``/``jacfwd``).
+        See :class:`lstm_jax.Impl`. Results agree to float rounding.
 
     Returns:
       ``(ys, LSTMState(h_n, c_n))``: ys (T, B, D·P) (or (B, T, D·P)); h_n (L·D, B, P); c_n (L·D, B, H).

@@ -44,6 +44,7 @@ class _Recurrent(nnx.Module):
         rngs: nnx.Rngs | None,
         regularizers: Regularizers | None = None,
         matmul_dtype: DType | None = None,
+        impl: str | None = None,
     ):
         check_params(type(self).__name__.lower(), params, self._weights_type)
         regularizers = regularizers or Regularizers()
@@ -61,6 +62,7 @@ class _Recurrent(nnx.Module):
         self.dropout = dropout
         self.regularizers = regularizers
         self.matmul_dtype = matmul_dtype
+        self.impl = impl
         self.batch_first = batch_first
         self.deterministic = False
         self.rngs = rngs["dropout"].fork() if stochastic else nnx.data(None)
@@ -80,6 +82,8 @@ class _Recurrent(nnx.Module):
         deterministic = self.deterministic if deterministic is None else deterministic
         active = (self.dropout > 0.0 or self.regularizers.active) and not deterministic
         options = dict(batch_first=self.batch_first, matmul_dtype=self.matmul_dtype)
+        if self.impl is not None:
+            options.update(impl=self.impl)
         if active:
             options.update(dropout=self.dropout, key=self.rngs())
             if self.regularizers.active:
@@ -138,6 +142,7 @@ class LSTM(_Recurrent):
       zoneout: zoneout rate, or (z_h, z_c) (Krueger et al. 2017), active in training mode.
       weight_dropout: DropConnect on W_hh (Merity et al. 2018), active in training mode.
       matmul_dtype: e.g. ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and cell state.
+      impl: implementation path (:class:`lstm_jax.Impl`), as in :func:`lstm_jax.lstm`.
       batch_first: xs and ys are (B, T, ·).
       dtype: parameter dtype.
       rngs: ``nnx.Rngs``; ``params`` stream for init, ``dropout`` stream for dropout.
@@ -180,6 +185,7 @@ class LSTM(_Recurrent):
         zoneout: float | tuple[float, float] = 0.0,
         weight_dropout: float = 0.0,
         matmul_dtype: DType | None = None,
+        impl: str = "bptt",
         batch_first: bool = False,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,
@@ -208,6 +214,7 @@ class LSTM(_Recurrent):
             rngs=rngs,
             regularizers=regularizers,
             matmul_dtype=matmul_dtype,
+            impl=impl,
         )
 
 

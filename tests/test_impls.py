@@ -142,3 +142,17 @@ def test_unknown_impl_is_an_error():
     params = lstm_jax.init_lstm(jax.random.key(0), I, H)
     with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt'\], got 'cudnn'"):
         lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="cudnn")
+
+
+def test_forward_mode_needs_the_scan_path():
+    """jax.jvp/jacfwd differentiate the reference path; the hand-written backward is reverse-mode only."""
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    tangent = jnp.ones_like(xs)
+    _, jvp = jax.jvp(lambda x: lstm_jax.lstm(params, x, impl="scan")[0], (xs,), (tangent,))
+    _, vjp_fn = jax.vjp(lambda x: lstm_jax.lstm(params, x)[0], xs)
+    # <vjp(u), t> == <u, jvp(t)>: forward mode on the scan path agrees with the default reverse mode.
+    u = jax.random.normal(jax.random.key(2), jvp.shape)
+    np.testing.assert_allclose(jnp.vdot(vjp_fn(u)[0], tangent), jnp.vdot(u, jvp), rtol=1e-4)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda x: lstm_jax.lstm(params, x, impl="bptt")[0], (xs,), (tangent,))
