@@ -16,8 +16,8 @@ Per step of the reverse scan, with σ' and tanh' written through the stored acti
     dz_t = [di ⊙ i(1−i), df ⊙ f(1−f), dg ⊙ (1−g²), do ⊙ o(1−o)],  dh_{t-1} = dz_t W_hhᵀ
 
 Variable lengths use the driver's masking (invalid steps keep the carry and output zero); in the backward pass an
-invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to LSTM weights without
-projection, peepholes or layer norm; the driver falls back to the reference path otherwise.
+invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to float32/float64 LSTM weights
+without projection, peepholes or layer norm; the driver falls back to the reference path otherwise.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def supports(weights) -> bool:
         and weights.w_hr is None
         and weights.peephole is None
         and weights.layer_norm is None
+        # Low-precision kernels take the reference path, whose matmuls accumulate in float32.
+        and all(jnp.finfo(w.dtype).bits >= 32 for w in (weights.w_ih, weights.w_hh))
     )
 
 

@@ -91,7 +91,9 @@ def _prepare(name, params, weights_type, xs, batch_first, seq_lengths, dropout, 
             "dropout acts between stacked layers (as in PyTorch), so it has no effect with num_layers=1",
             stacklevel=3,
         )
-    dtype = jnp.result_type(xs.dtype, *jax.tree.leaves(params))
+    # The carry (cell state included) is kept in at least float32: low-precision kernels accumulate in float32
+    # (lstm_jax.matmul), so a bfloat16 carry would not even keep the scan's carry type fixed.
+    dtype = jnp.promote_types(jnp.result_type(xs.dtype, *jax.tree.leaves(params)), jnp.float32)
     return xs, lengths, num_layers * num_directions, batch, dtype
 
 
@@ -145,7 +147,7 @@ def scan_cell(
       input_dropout, recurrent_dropout, zoneout, weight_dropout: the stochastic regularisers of
         :mod:`lstm_jax._regularizers`, active only with ``key``.
       matmul_dtype: e.g. ``jnp.bfloat16``: kernels (``w_*`` leaves) are cast to it and their matmuls accumulate in
-        float32 (:func:`lstm_jax.matmul`); the carry stays in the params' dtype.
+        float32 (:func:`lstm_jax.matmul`); the carry is kept in at least float32.
 
     Returns:
       ``(ys, final_carry)``: ys (T, B, D·O); the final carry stacked like ``initial_carry``.

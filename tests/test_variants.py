@@ -352,3 +352,14 @@ def test_scan_cell_initial_carry_is_checked():
         lstm_jax.scan_cell(cell, params, xs, LSTMState(jnp.zeros((2, B, H)), jnp.zeros((1, B, H))))
     with pytest.raises(ValueError, match="initial_carry must have the structure of the cell's carry"):
         lstm_jax.scan_cell(cell, params, xs, jnp.zeros((2, B, H)))
+
+
+@pytest.mark.parametrize("impl", ["scan", "bptt"])
+def test_bf16_params_and_inputs_keep_a_float32_state(impl):
+    """Params and inputs both bfloat16: the matmuls run in bf16, the carry stays float32 on every path."""
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H, dtype=jnp.bfloat16)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I)).astype(jnp.bfloat16)
+    ys, (h_n, c_n) = lstm_jax.lstm(params, xs, impl=impl)
+    assert ys.dtype == h_n.dtype == c_n.dtype == jnp.float32
+    want, _ = lstm_jax.lstm(jax.tree.map(lambda w: w.astype(jnp.float32), params), xs.astype(jnp.float32))
+    np.testing.assert_allclose(ys, want, atol=3e-2)

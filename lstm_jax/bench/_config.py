@@ -1,0 +1,60 @@
+"""The benchmark configuration: one frozen value, and the two sweeps the command line starts from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Everything a run depends on; recorded verbatim in the results JSON.
+
+    Attributes:
+      seq_lens: sequence lengths T of both parts.
+      batch: B of the throughput part.
+      input_size: I of the throughput part.
+      hidden_size: H of the throughput part.
+      num_layers: L of the throughput part.
+      dtype: parameters, inputs and the peak matmul (``float32``, ``bfloat16``, ``float16``).
+      impls: implementation names to run (``lstm_jax.bench._impls.REGISTRY``); None for all of them.
+      repeats: timed repeats per point, interleaved across implementations; the median is reported.
+      point_budget_s: a point (T and mode) whose warm-up calls, summed over implementations, say that
+        ``repeats`` rounds would take longer than this gets fewer rounds, but never fewer than 3.
+      min_time_s: each timed repeat runs enough calls to last at least this long.
+      seeds: initialisations averaged by the gradient-norm part.
+      grad_batch: sequences per seed in the gradient-norm part (whose I = 32 and H = 64 are fixed: see
+        ``lstm_jax.bench._gradnorm.GradNormConfig``).
+      quick: whether this is the ``--quick`` sweep (recorded, changes nothing by itself).
+    """
+
+    seq_lens: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    batch: int = 32
+    input_size: int = 256
+    hidden_size: int = 256
+    num_layers: int = 1
+    dtype: str = "float32"
+    impls: tuple[str, ...] | None = None
+    repeats: int = 5
+    point_budget_s: float = 40.0
+    min_time_s: float = 0.2
+    seeds: int = 5
+    grad_batch: int = 16
+    quick: bool = False
+
+
+DEFAULT = BenchConfig()
+"""``make bench``: T = 16 … 4096, under 10 minutes on 2 CPU cores."""
+
+QUICK = BenchConfig(
+    seq_lens=(16, 128),
+    batch=8,
+    input_size=32,
+    hidden_size=64,
+    repeats=3,
+    point_budget_s=5.0,
+    min_time_s=0.02,
+    seeds=3,
+    grad_batch=8,
+    quick=True,
+)
+"""``--quick``: a small sweep, well under a minute on 2 CPU cores (the tests run it)."""

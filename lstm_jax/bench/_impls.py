@@ -1,0 +1,319 @@
+"""The registry of LSTM implementations the throughput benchmark compares.
+
+An :class:`Implementation` turns a :class:`Problem` (sizes and dtype) and a mode (``"forward"``: inference, or
+``"training"``: ``value_and_grad`` of a loss on every output, with respect to every parameter) into a
+:class:`Step`: a zero-argument closure that runs one call and blocks on its result, plus the compile time and
+XLA's memory analysis where there is a compiler. ``--impls`` picks implementations by name from
+:data:`REGISTRY`.
+
+Registered today:
+
+* ``lstm_jax:<path>``, one per :class:`lstm_jax.Impl` path of :func:`lstm_jax.lstm` (``lstm_jax:bptt``, the
+  default with a hand-written backward pass, and ``lstm_jax:scan``, ``jax.grad`` of ``lax.scan``); a new path
+  is registered as soon as the enum has it. ``--impls lstm_jax`` selects them all.
+* ``flax``: Flax NNX ``RNN(OptimizedLSTMCell)``, one per layer, called through ``nnx.split``/``nnx.merge``.
+* ``torch``: ``torch.nn.LSTM`` (needs torch installed; on CUDA when torch sees a GPU).
+* ``cudnn``: ``jax.experimental.rnn.lstm``, cuDNN's fused LSTM (needs jax's default backend to be ``gpu``).
+
+Other implementations are one :func:`register` call each (``lstm_jax_path`` for anything with
+:func:`lstm_jax.lstm`'s signature).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lstm_jax
+
+MODES = ("forward", "training")
+"""``forward``: one inference call. ``training``: loss and gradients with respect to all parameters."""
+
+
+class Problem(NamedTuple):
+    """One benchmark point: an L-layer unidirectional LSTM over (T, B, I) inputs of the given dtype."""
+
+    seq_len: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """A ready-to-time call.
+
+    Attributes:
+      call: runs one forward or training call and blocks until its results are computed.
+      compile_s: tracing, lowering and XLA compilation time, seconds; None where nothing is compiled (torch).
+      memory: XLA's memory analysis of the compiled computation (``temp_bytes``, ``argument_bytes``,
+        ``output_bytes``, ``peak_bytes``); None without XLA.
+    """
+
+    call: Callable[[], Any]
+    compile_s: float | None = None
+    memory: dict[str, int | None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """A named implementation.
+
+    Attributes:
+      name: what ``--impls`` and the tables call it.
+      description: one line for the JSON and the table captions.
+      build: ``(problem, mode) -> Step``; builds the model and inputs and compiles.
+      unavailable: ``() -> reason or None``; a reason (missing package, wrong backend) skips the implementation
+        with that message instead of failing the run.
+      peer: True for the implementations lstm_jax is compared against (ratio columns are per peer).
+    """
+
+    name: str
+    description: str
+    build: Callable[[Problem, str], Step]
+    unavailable: Callable[[], str | None] = lambda: None
+    peer: bool = True
+
+
+REGISTRY: dict[str, Implementation] = {}
+
+
+def register(impl: Implementation) -> Implementation:
+    """Adds ``impl`` to :data:`REGISTRY` under its name (in registration order, which is the table order)."""
+    if impl.name in REGISTRY:
+        raise ValueError(f"an implementation named {impl.name!r} is already registered")
+    REGISTRY[impl.name] = impl
+    return impl
+
+
+def inputs(problem: Problem) -> np.ndarray:
+    """The same standard-normal (T, B, I) float32 inputs for every implementation of a problem."""
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((problem.seq_len, problem.batch, problem.input_size), dtype=np.float32)
+
+
+def _loss(ys: jax.Array) -> jax.Array:
+    # Mean square of every output, accumulated in float32, so the backward pass runs through the whole sequence.
+    return jnp.mean(jnp.square(ys.astype(jnp.float32)))
+
+
+def _memory(compiled) -> dict[str, int | None] | None:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # backends without a memory analysis
+        return None
+    if stats is None:
+        return None
+    return {
+        "temp_bytes": stats.temp_size_in_bytes,
+        "argument_bytes": stats.argument_size_in_bytes,
+        "output_bytes": stats.output_size_in_bytes,
+        "peak_bytes": getattr(stats, "peak_memory_in_bytes", None),
+    }
+
+
+def jax_step(apply: Callable[[Any, jax.Array], jax.Array], params: Any, xs: jax.Array, mode: str) -> Step:
+    """Compiles ``apply(params, xs) -> ys`` (``forward``) or ``value_and_grad`` of the loss on ys with respect to
+    params (``training``) ahead of time, so the compile time is measured apart from every timed call."""
+    fn = apply if mode == "forward" else jax.value_and_grad(lambda p, x: _loss(apply(p, x)))
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(params, xs).compile()
+    compile_s = time.perf_counter() - start
+
+    def call():
+        return jax.block_until_ready(compiled(params, xs))
+
+    return Step(call=call, compile_s=compile_s, memory=_memory(compiled))
+
+
+# --- lstm_jax -------------------------------------------------------------------------------------------------
+
+
+def lstm_jax_path(name: str, apply: Callable[..., Any], description: str) -> Implementation:
+    """An lstm_jax implementation: ``apply(params, xs)`` with :func:`lstm_jax.lstm`'s signature and return value,
+    over params from :func:`lstm_jax.init_lstm`."""
+
+    def build(problem: Problem, mode: str) -> Step:
+        params = lstm_jax.init_lstm(
+            jax.random.key(0),
+            problem.input_size,
+            problem.hidden_size,
+            num_layers=problem.num_layers,
+            dtype=jnp.dtype(problem.dtype),
+        )
+        xs = jnp.asarray(inputs(problem), problem.dtype)
+        return jax_step(lambda p, x: apply(p, x)[0], params, xs, mode)
+
+    return Implementation(name=name, description=description, build=build, peer=False)
+
+
+def _lstm_jax_paths() -> list[lstm_jax.Impl]:
+    """Every path of :class:`lstm_jax.Impl`, the one :func:`lstm_jax.lstm` uses by default first."""
+    default = lstm_jax.Impl(inspect.signature(lstm_jax.lstm).parameters["impl"].default)
+    return sorted(lstm_jax.Impl, key=lambda path: path is not default)
+
+
+# One implementation per path, so a new path is benchmarked as soon as the enum has it.
+for _path in _lstm_jax_paths():
+    register(
+        lstm_jax_path(
+            f"lstm_jax:{_path.value}",
+            functools.partial(lstm_jax.lstm, impl=_path),
+            f"lstm_jax.lstm(impl={_path.value!r})",
+        )
+    )
+del _path
+
+
+# --- Flax -----------------------------------------------------------------------------------------------------
+
+
+def _build_flax(problem: Problem, mode: str) -> Step:
+    from flax import nnx
+
+    class Stack(nnx.Module):
+        """L layers of ``nnx.RNN(OptimizedLSTMCell)``, time-major."""
+
+        def __init__(self, rngs: nnx.Rngs):
+            dtype = jnp.dtype(problem.dtype)
+            widths = [problem.input_size] + [problem.hidden_size] * (problem.num_layers - 1)
+            self.layers = nnx.List(
+                [
+                    nnx.RNN(
+                        nnx.OptimizedLSTMCell(width, problem.hidden_size, dtype=dtype, rngs=rngs),
+                        time_major=True,
+                        rngs=False,
+                    )
+                    for width in widths
+                ]
+            )
+
+        def __call__(self, xs):
+            _, batch, _ = xs.shape
+            zeros = jnp.zeros((batch, problem.hidden_size), xs.dtype)
+            for layer in self.layers:
+                xs = layer(xs, initial_carry=(zeros, zeros))  # OptimizedLSTMCell's carry is (c, h)
+            return xs
+
+    # Split once and merge inside the compiled function: the functional NNX pattern, which keeps NNX's Python
+    # graph bookkeeping out of the timed calls.
+    graphdef, params = nnx.split(Stack(nnx.Rngs(0)))
+    # Drawn in float32 (the orthogonal initialiser has no low-precision QR), stored in the benchmark's dtype.
+    params = jax.tree.map(lambda p: p.astype(problem.dtype), params)
+    xs = jnp.asarray(inputs(problem), problem.dtype)
+    return jax_step(lambda p, x: nnx.merge(graphdef, p)(x), params, xs, mode)
+
+
+register(Implementation("flax", "Flax NNX RNN(OptimizedLSTMCell), one per layer", _build_flax))
+
+
+# --- PyTorch --------------------------------------------------------------------------------------------------
+
+
+def _torch_unavailable() -> str | None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch is not installed (pip install 'lstm_jax[bench]')"
+    return None
+
+
+def _build_torch(problem: Problem, mode: str) -> Step:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, problem.dtype)
+    torch.manual_seed(0)
+    model = torch.nn.LSTM(problem.input_size, problem.hidden_size, num_layers=problem.num_layers)
+    model = model.to(device=device, dtype=dtype)
+    xs = torch.from_numpy(inputs(problem)).to(device=device, dtype=dtype)
+    params = list(model.parameters())
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    if mode == "forward":
+
+        def call():
+            with torch.inference_mode():
+                ys, _ = model(xs)
+            synchronize()
+            return ys
+
+    else:
+
+        def call():
+            ys, _ = model(xs)
+            loss = ys.float().square().mean()
+            grads = torch.autograd.grad(loss, params)
+            synchronize()
+            return loss, grads
+
+    return Step(call=call)
+
+
+register(Implementation("torch", "torch.nn.LSTM", _build_torch, unavailable=_torch_unavailable))
+
+
+# --- cuDNN through jax.experimental.rnn ----------------------------------------------------------------------
+
+
+def _cudnn_unavailable() -> str | None:
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return f"jax.experimental.rnn.lstm (cuDNN) needs jax's default backend to be 'gpu'; here it is {backend!r}"
+    return None
+
+
+def _build_cudnn(problem: Problem, mode: str) -> Step:
+    from jax.experimental import rnn
+
+    T, B, I, H, L = problem[:5]
+    dtype = jnp.dtype(problem.dtype)
+    weights = rnn.init_lstm_weight(jax.random.key(0), I, H, L, False).astype(dtype)
+    # cuDNN takes batch-major inputs and explicit initial states and lengths.
+    xs = jnp.asarray(inputs(problem).transpose(1, 0, 2), dtype)
+    zeros = jnp.zeros((L, B, H), dtype)
+    lengths = jnp.full((B,), T, jnp.int32)
+    apply = functools.partial(rnn.lstm, input_size=I, hidden_size=H, num_layers=L, dropout=0.0, bidirectional=False)
+    return jax_step(lambda w, x: apply(x, zeros, zeros, w, lengths)[0], weights, xs, mode)
+
+
+register(Implementation("cudnn", "jax.experimental.rnn.lstm (cuDNN)", _build_cudnn, unavailable=_cudnn_unavailable))
+
+
+def resolve(names: list[str] | tuple[str, ...] | None) -> tuple[list[Implementation], dict[str, str]]:
+    """The registered implementations to run, in registry order, and ``{name: reason}`` for the skipped ones.
+
+    Args:
+      names: requested names; a family name (the part before ``:``, e.g. ``lstm_jax``) selects every
+        implementation of the family. None for every registered implementation.
+
+    Raises:
+      ValueError: for a name that matches no registered implementation.
+    """
+
+    def matches(requested: str, name: str) -> bool:
+        return name == requested or name.split(":")[0] == requested
+
+    unknown = [n for n in names or () if not any(matches(n, name) for name in REGISTRY)]
+    if unknown:
+        raise ValueError(f"unknown implementation(s) {unknown}; registered: {list(REGISTRY)}")
+    chosen, skipped = [], {}
+    for name, impl in REGISTRY.items():
+        if names is not None and not any(matches(n, name) for n in names):
+            continue
+        reason = impl.unavailable()
+        if reason is None:
+            chosen.append(impl)
+        else:
+            skipped[name] = reason
+    return chosen, skipped

@@ -1,0 +1,157 @@
+"""The quick sweep end to end through the command line: JSON (validated against the documented fields), CSV,
+PNGs, the tables, ``--compare``; and the command-line parsing. Structure only: timings are never asserted."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lstm_jax._cli import bench_config, build_parser, main
+from lstm_jax.bench import QUICK, validate
+from lstm_jax.bench._impls import MODES, REGISTRY
+from lstm_jax.bench._plots import PLOTS
+from lstm_jax.bench._report import CSV_COLUMNS, ROW_FIELDS
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    (json_path,) = out.glob("*.json")
+    return out, json_path, json.loads(json_path.read_text())
+
+
+def test_json_has_every_documented_field(quick_run):
+    _, _, doc = quick_run
+    validate(doc)
+    assert doc["config"]["seq_lens"] == list(QUICK.seq_lens)
+    assert doc["config"]["quick"] is True
+    env = doc["environment"]
+    assert env["platform"] == "cpu" and env["device_count"] >= 1 and env["cpu_count"] >= 1
+    assert env["jax"] and env["jaxlib"] and env["flax"] and env["torch"]
+    peaks = doc["peak"]["measurements"]
+    assert [p["when"] for p in peaks] == ["start", *(f"after T={t}" for t in QUICK.seq_lens), "end"]
+    assert doc["peak"]["gflops"] == max(p["gflops"] for p in peaks) > 0
+
+
+def test_every_available_implementation_is_timed_at_every_point(quick_run):
+    _, _, doc = quick_run
+    names = [impl["name"] for impl in doc["implementations"]]
+    assert set(names) | set(doc["skipped"]) == set(REGISTRY)
+    assert {"torch", "flax"} <= set(names) and any(name.startswith("lstm_jax:") for name in names)
+    assert "cudnn" in doc["skipped"] and "gpu" in doc["skipped"]["cudnn"]  # said explicitly, not silently dropped
+    assert doc["failures"] == []
+    points = {(row["seq_len"], row["mode"], row["impl"]) for row in doc["throughput"]}
+    assert points == {(t, mode, name) for t in QUICK.seq_lens for mode in MODES for name in names}
+    for row in doc["throughput"]:
+        assert set(row) == set(ROW_FIELDS)
+        assert len(row["timings_ms"]) == QUICK.repeats
+        assert row["ms_min"] <= row["ms_median"] <= row["ms_max"]
+        assert row["tokens_per_s"] == pytest.approx(row["sequences_per_s"] * row["seq_len"])
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / doc["peak"]["gflops"])
+        assert set(row["speedup_vs"]) == set(names) - {row["impl"]}
+        if row["impl"] == "torch":
+            assert row["compile_s"] is None and row["memory"] is None
+        else:  # compiled by XLA: compile time apart, and the memory analysis of the compiled step
+            assert row["compile_s"] > 0 and row["memory"]["temp_bytes"] >= 0
+
+
+def test_training_temp_memory_grows_with_sequence_length(quick_run):
+    # BPTT keeps per-step residuals: the compiled training step's temp buffers scale with T, inference's do not.
+    _, _, doc = quick_run
+    temp = {(r["impl"], r["mode"], r["seq_len"]): r["memory"]["temp_bytes"] for r in doc["throughput"] if r["memory"]}
+    short, long = min(QUICK.seq_lens), max(QUICK.seq_lens)
+    for impl, mode, seq_len in temp:
+        if mode == "training" and seq_len == long:
+            assert temp[impl, mode, long] > temp[impl, mode, short]
+
+
+def test_gradnorm_section(quick_run):
+    _, _, doc = quick_run
+    grad = doc["gradnorm"]
+    assert set(grad["variants"]) == {"lstm", "lstm_fb0", "lstm_fb3", "gru", "rnn"}
+    for variant in grad["variants"].values():
+        for seq_len in QUICK.seq_lens:
+            curve = variant["input_grad_norm"][str(seq_len)]
+            assert len(curve["geomean"]) == len(curve["min"]) == len(curve["max"]) == seq_len
+        assert variant["param_grad_norm"]["seq_len"] == list(QUICK.seq_lens)
+        assert 0 < variant["decay_per_step"] <= 1.01
+
+
+def test_csv_and_pngs(quick_run):
+    out, json_path, doc = quick_run
+    stem = json_path.stem
+    with (out / f"{stem}.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(doc["throughput"])
+    assert set(CSV_COLUMNS) <= set(rows[0])
+    assert {f"speedup_vs_{impl['name']}" for impl in doc["implementations"]} <= set(rows[0])
+    for suffix in PLOTS:
+        png = (out / f"{stem}-{suffix}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000, suffix
+
+
+def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):
+    _, json_path, doc = quick_run
+    other = tmp_path / "other-machine.json"
+    shutil.copy(json_path, other)
+    capsys.readouterr()
+    assert main(["bench", "--compare", str(json_path), str(other)]) == 0
+    printed = capsys.readouterr().out
+    assert "Runs compared" in printed and "other-machine" in printed and doc["environment"]["cpu_model"] in printed
+    assert "1.00×" in printed  # the same run against itself
+    for impl in doc["implementations"]:
+        assert impl["name"] in printed
+
+
+def test_compare_rejects_a_foreign_json(tmp_path, capsys):
+    path = tmp_path / "foreign.json"
+    path.write_text(json.dumps({"schema": "something else"}))
+    assert main(["bench", "--compare", str(path)]) == 1
+    assert "environment is missing" in capsys.readouterr().out
+
+
+def test_validate_names_the_missing_field(quick_run):
+    _, _, doc = quick_run
+    broken = json.loads(json.dumps(doc))
+    del broken["environment"]["cpu_model"]
+    broken["throughput"][0]["gflops"] = "fast"
+    with pytest.raises(ValueError, match=r"environment\.cpu_model is missing(.|\n)*throughput\[0\]\.gflops"):
+        validate(broken)
+
+
+def test_arguments_build_the_configuration():
+    parser = build_parser()
+    config = bench_config(parser.parse_args(["bench", "--quick", "--seq-lens", "32,8", "16", "--impls", "lstm_jax"]))
+    assert config.seq_lens == (8, 16, 32) and config.impls == ("lstm_jax",) and config.batch == QUICK.batch
+    config = bench_config(parser.parse_args(["bench", "--batch", "4", "--hidden", "16", "--layers", "2"]))
+    assert (config.batch, config.hidden_size, config.num_layers, config.quick) == (4, 16, 2, False)
+    assert config.seq_lens[0] <= 16 and config.seq_lens[-1] >= 4096
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--impls", "tensorflow"], "unknown implementation"),
+        (["bench", "--batch", "0"], "positive integer"),
+        (["bench", "--dtype", "int8"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_arguments_are_reported(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_importing_the_library_needs_none_of_the_bench_extras():
+    # (rich is not checked: flax itself depends on it.)
+    code = (
+        "import sys, lstm_jax, lstm_jax._cli, lstm_jax.bench; "
+        "print(sorted(m for m in ('matplotlib', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
