@@ -68,6 +68,13 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="implementations to compare: lstm_jax:<path> (one per lstm_jax.Impl; 'lstm_jax' for all), flax, "
         "torch, cudnn (default: all that can run here)",
     )
+    sweep.add_argument(
+        "--cell",
+        nargs="+",
+        metavar="NAME",
+        help="also run these cells / LSTM variants as cell:NAME, with their cost relative to cell:lstm: "
+        "lstm, peephole, layernorm, projected, variational, zoneout, weightdrop, bf16, gru, rnn",
+    )
     sweep.add_argument("--repeats", type=_positive_int, help="timed repeats per point; the median is reported")
     sweep.add_argument("--seeds", type=_positive_int, help="initialisations averaged in the gradient-norm part")
     parser.add_argument("--out", default="results", metavar="DIR", help="where results go (default: results/)")
@@ -85,6 +92,16 @@ def bench_config(args: argparse.Namespace):
 
     base = QUICK if args.quick else DEFAULT
     flat = lambda lists: tuple(x for sub in lists for x in sub)  # noqa: E731
+    impls = None if args.impls is None else tuple(dict.fromkeys(flat(args.impls)))
+    if args.cell:
+        from .bench._impls import CELLS, REGISTRY
+
+        unknown = [name for name in args.cell if name not in CELLS]
+        if unknown:
+            raise SystemExit(f"lstm-jax bench: unknown --cell {unknown}; choose from {list(CELLS)}")
+        chosen = impls if impls is not None else tuple(name for name, impl in REGISTRY.items() if impl.default)
+        cells = tuple(f"cell:{name}" for name in ("lstm", *args.cell))
+        impls = tuple(dict.fromkeys(chosen + cells))
     overrides = {
         "seq_lens": None if args.seq_lens is None else tuple(sorted(set(flat(args.seq_lens)))),
         "batch": args.batch,
@@ -92,7 +109,7 @@ def bench_config(args: argparse.Namespace):
         "input_size": args.input,
         "num_layers": args.layers,
         "dtype": args.dtype,
-        "impls": None if args.impls is None else tuple(dict.fromkeys(flat(args.impls))),
+        "impls": impls,
         "repeats": args.repeats,
         "seeds": args.seeds,
     }

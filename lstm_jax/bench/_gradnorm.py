@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lstm": {"cell": "lstm", "forget_bias": 1.0, "label": "LSTM, forget bias 1 (default)"},
     "lstm_fb0": {"cell": "lstm", "forget_bias": 0.0, "label": "LSTM, forget bias 0"},
     "lstm_fb3": {"cell": "lstm", "forget_bias": 3.0, "label": "LSTM, forget bias 3"},
+    "lstm_peephole": {"cell": "lstm", "forget_bias": 1.0, "peephole": True, "label": "peephole LSTM"},
+    "lstm_layernorm": {"cell": "lstm", "forget_bias": 1.0, "layer_norm": True, "label": "layer-norm LSTM"},
     "gru": {"cell": "gru", "label": "GRU"},
     "rnn": {"cell": "rnn", "label": "Elman RNN (tanh)"},
 }
@@ -63,7 +65,14 @@ class GradNormConfig:
 def _init_and_apply(variant: str, key, input_size: int, hidden_size: int) -> tuple[Any, Callable]:
     spec = VARIANTS[variant]
     if spec["cell"] == "lstm":
-        params = lstm_jax.init_lstm(key, input_size, hidden_size, forget_bias=spec["forget_bias"])
+        params = lstm_jax.init_lstm(
+            key,
+            input_size,
+            hidden_size,
+            forget_bias=spec["forget_bias"],
+            peephole=spec.get("peephole", False),
+            layer_norm=spec.get("layer_norm", False),
+        )
         return params, lambda p, xs: lstm_jax.lstm(p, xs)[1].h[-1]
     if spec["cell"] == "gru":
         return lstm_jax.init_gru(key, input_size, hidden_size), lambda p, xs: lstm_jax.gru(p, xs)[1][-1]

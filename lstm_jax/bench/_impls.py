@@ -76,6 +76,7 @@ class Implementation:
       unavailable: ``() -> reason or None``; a reason (missing package, wrong backend) skips the implementation
         with that message instead of failing the run.
       peer: True for the implementations lstm_jax is compared against (ratio columns are per peer).
+      default: run when no ``--impls`` are given; the ``cell:*`` variants run only when asked for (``--cell``).
     """
 
     name: str
@@ -83,6 +84,7 @@ class Implementation:
     build: Callable[[Problem, str], Step]
     unavailable: Callable[[], str | None] = lambda: None
     peer: bool = True
+    default: bool = True
 
 
 REGISTRY: dict[str, Implementation] = {}
@@ -290,12 +292,66 @@ def _build_cudnn(problem: Problem, mode: str) -> Step:
 register(Implementation("cudnn", "jax.experimental.rnn.lstm (cuDNN)", _build_cudnn, unavailable=_cudnn_unavailable))
 
 
+# --- cell variants (--cell) ----------------------------------------------------------------------------------
+
+CELLS: dict[str, tuple[str, Callable[..., Any], dict[str, Any], dict[str, Any]]] = {
+    # name: (description, function, init keyword arguments, call keyword arguments)
+    "lstm": ("plain LSTM (the baseline of the cost column)", lstm_jax.lstm, {}, {}),
+    "peephole": ("peephole LSTM (Gers & Schmidhuber 2000)", lstm_jax.lstm, {"peephole": True}, {}),
+    "layernorm": ("layer-normalised LSTM (Ba et al. 2016)", lstm_jax.lstm, {"layer_norm": True}, {}),
+    "projected": ("LSTMP, proj_size = H/2 (Sak et al. 2014)", lstm_jax.lstm, {"proj_size": "half"}, {}),
+    "variational": (
+        "variational dropout 0.25 on inputs and h (Gal & Ghahramani 2016)",
+        lstm_jax.lstm,
+        {},
+        {"input_dropout": 0.25, "recurrent_dropout": 0.25},
+    ),
+    "zoneout": ("zoneout (0.1, 0.05) (Krueger et al. 2017)", lstm_jax.lstm, {}, {"zoneout": (0.1, 0.05)}),
+    "weightdrop": ("DropConnect 0.5 on W_hh (Merity et al. 2018)", lstm_jax.lstm, {}, {"weight_dropout": 0.5}),
+    "bf16": ("bf16 matmuls, f32 accumulation and state", lstm_jax.lstm, {}, {"matmul_dtype": jnp.bfloat16}),
+    "gru": ("GRU", lstm_jax.gru, {}, {}),
+    "rnn": ("Elman RNN (tanh)", lstm_jax.rnn, {}, {}),
+}
+"""The cells ``--cell`` benchmarks as ``cell:<name>``, each against ``cell:lstm`` in the same run. Regularised
+cells run with a fixed PRNG key in both modes: their cost is that of training-mode calls."""
+
+_INITS = {lstm_jax.lstm: lstm_jax.init_lstm, lstm_jax.gru: lstm_jax.init_gru, lstm_jax.rnn: lstm_jax.init_rnn}
+
+
+def _cell_implementation(name: str) -> Implementation:
+    description, apply, init_kwargs, call_kwargs = CELLS[name]
+
+    def build(problem: Problem, mode: str) -> Step:
+        kwargs = dict(init_kwargs)
+        if kwargs.get("proj_size") == "half":
+            kwargs["proj_size"] = max(1, problem.hidden_size // 2)
+        params = _INITS[apply](
+            jax.random.key(0),
+            problem.input_size,
+            problem.hidden_size,
+            num_layers=problem.num_layers,
+            dtype=jnp.dtype(problem.dtype),
+            **kwargs,
+        )
+        xs = jnp.asarray(inputs(problem), problem.dtype)
+        regularized = any(k.endswith("dropout") or k == "zoneout" for k in call_kwargs)
+        extra = dict(call_kwargs, key=jax.random.key(1)) if regularized else call_kwargs
+        return jax_step(lambda p, x: apply(p, x, **extra)[0], params, xs, mode)
+
+    return Implementation(name=f"cell:{name}", description=description, build=build, peer=False, default=False)
+
+
+for _name in CELLS:
+    register(_cell_implementation(_name))
+del _name
+
+
 def resolve(names: list[str] | tuple[str, ...] | None) -> tuple[list[Implementation], dict[str, str]]:
     """The registered implementations to run, in registry order, and ``{name: reason}`` for the skipped ones.
 
     Args:
       names: requested names; a family name (the part before ``:``, e.g. ``lstm_jax``) selects every
-        implementation of the family. None for every registered implementation.
+        implementation of the family. None for every registered implementation with ``default`` set.
 
     Raises:
       ValueError: for a name that matches no registered implementation.
@@ -309,7 +365,7 @@ def resolve(names: list[str] | tuple[str, ...] | None) -> tuple[list[Implementat
         raise ValueError(f"unknown implementation(s) {unknown}; registered: {list(REGISTRY)}")
     chosen, skipped = [], {}
     for name, impl in REGISTRY.items():
-        if names is not None and not any(matches(n, name) for n in names):
+        if (names is None and not impl.default) or (names is not None and not any(matches(n, name) for n in names)):
             continue
         reason = impl.unavailable()
         if reason is None:

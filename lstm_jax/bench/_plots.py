@@ -20,6 +20,8 @@ COLORS = {
     "lstm": "tab:blue",
     "lstm_fb0": "tab:cyan",
     "lstm_fb3": "tab:purple",
+    "lstm_peephole": "tab:olive",
+    "lstm_layernorm": "tab:brown",
     "gru": "tab:green",
     "rnn": "tab:red",
 }
@@ -184,9 +186,9 @@ def plot_gradnorm_distance(doc: dict[str, Any], path: pathlib.Path) -> None:
                 label=variant["label"] if seq_len == seq_lens[-1] else None,
             )
     rnn = grad["variants"].get("rnn")
-    if rnn is not None:
-        # The mean-field slope, anchored where the fit window starts.
-        start = grad["decay_window"][0]
+    start = grad["decay_window"][0]
+    if rnn is not None and int(longest) > start:
+        # The mean-field slope, anchored where the fit window starts (when the sequences reach it).
         anchor = rnn["input_grad_norm"][longest]["geomean"][start]
         rate = grad["rnn_mean_field"]["rate"]
         d = np.arange(start, min(LINEAR_DISTANCE, int(longest)))

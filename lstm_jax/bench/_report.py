@@ -21,7 +21,8 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
   single points that raised (out of memory, say).
 * ``throughput``: one row per (sequence length, mode, implementation) — see :data:`ROW_FIELDS`.
 * ``gradnorm``: the gradient-norm experiment (:func:`lstm_jax.bench._gradnorm.run_gradnorm`): its ``config``,
-  ``rnn_mean_field`` prediction, and per variant (``lstm``, ``lstm_fb0``, ``lstm_fb3``, ``gru``, ``rnn``):
+  ``rnn_mean_field`` prediction, and per variant (``lstm``, ``lstm_fb0``, ``lstm_fb3``, ``lstm_peephole``,
+  ``lstm_layernorm``, ``gru``, ``rnn``):
   ``input_grad_norm[T]`` = {geomean, min, max} lists indexed by distance T − t, ``param_grad_norm`` = {seq_len,
   geomean, min, max}, ``decay_per_step``.
 """
@@ -247,6 +248,10 @@ def throughput_table(doc: dict[str, Any]):
         table.add_column(header, justify="left" if header in ("mode", "impl") else "right")
     for peer in peers:
         table.add_column(f"vs {peer}", justify="right")
+    # With --cell, each cell's time relative to the plain LSTM run the same way (cell:lstm) in the same point.
+    with_cells = any(impl["name"] == "cell:lstm" for impl in doc["implementations"])
+    if with_cells:
+        table.add_column("cost vs cell:lstm", justify="right")
     previous = None
     for row in doc["throughput"]:
         key = (row["seq_len"], row["mode"])
@@ -270,8 +275,16 @@ def throughput_table(doc: dict[str, Any]):
             "—" if row["compile_s"] is None else f"{row['compile_s']:.2f}",
             _si(memory.get("temp_bytes"), "B") if memory.get("temp_bytes") is not None else "—",
             *ratios,
+            *([cell_cost(row)] if with_cells else []),
         )
     return table
+
+
+def cell_cost(row: dict[str, Any]) -> str:
+    """ms per call of a ``cell:*`` row over that of ``cell:lstm`` at the same T and mode, as text."""
+    if not row["impl"].startswith("cell:") or row["impl"] == "cell:lstm" or "cell:lstm" not in row["speedup_vs"]:
+        return "—"
+    return f"{1.0 / row['speedup_vs']['cell:lstm']:.2f}×"
 
 
 GRADNORM_DISTANCES = (0, 16, 64, 256, 1024)
