@@ -56,13 +56,14 @@ def init_cell(
     >>> params[1][0].w_ih.shape
     (16, 24)
     """
-    probe = cell.init(jax.random.key(0), 1, dtype)
 
-    def output_width(weights):
+    def output_width():
+        weights = cell.init(jax.random.key(0), 1, dtype)
         carry = cell.initial_carry(weights, 1, dtype)
         return cell.step(weights, carry, jnp.zeros((1, 1), dtype))[1]
 
-    output_size = jax.eval_shape(output_width, probe).shape[-1]
+    # Traced abstractly: nothing is initialised or computed to learn the width.
+    output_size = jax.eval_shape(output_width).shape[-1]
     return init_stack(lambda k, n: cell.init(k, n, dtype), key, input_size, output_size, num_layers, bidirectional)
 
 
