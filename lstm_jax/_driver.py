@@ -16,6 +16,7 @@ state).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,10 +39,15 @@ class Impl(enum.Enum):
     * ``BPTT`` — the plain LSTM with a hand-written backward pass (:mod:`lstm_jax._bptt`) whose weight
       gradients are whole-sequence GEMMs after the reverse scan. Where it does not apply (GRU, RNN, custom cells,
       projection, peepholes, layer norm, recurrent dropout, zoneout) the driver runs ``SCAN`` instead.
+    * ``REMAT`` — gradient checkpointing for very long sequences, for any cell: the scan is split into segments of
+      about √T steps, and only the carries at segment boundaries are kept for the backward pass; each segment's
+      activations are recomputed when its gradient is needed. Memory for BPTT grows like √T instead of T, for one
+      extra forward pass (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
     """
 
     SCAN = "scan"
     BPTT = "bptt"
+    REMAT = "remat"
 
 
 def run_direction(
@@ -54,7 +60,51 @@ def run_direction(
     def step(carry, x):
         return cell_step(weights, carry, x)
 
+    if impl is Impl.REMAT:
+        return remat_direction(step, carry, xs, lengths=lengths, reverse=reverse)
     return scan_direction(step, carry, xs, lengths=lengths, reverse=reverse)
+
+
+def remat_direction(
+    step: Step, carry: Any, xs: Any, *, lengths: Array | None = None, reverse: bool = False, segment: int | None = None
+) -> tuple[Any, Array]:
+    """:func:`scan_direction` with segment-wise gradient checkpointing (``Impl.REMAT``).
+
+    The T steps run as an outer scan over ⌊T/K⌋ segments of K = ``segment`` (default ⌈√T⌉) steps, then the
+    T mod K remaining steps (first instead of last when running in reverse). Each segment — an inner
+    :func:`scan_direction` — is wrapped in ``jax.checkpoint``, so the backward pass keeps only the carries between
+    segments and recomputes one segment at a time.
+    """
+    steps = jax.tree.leaves(xs)[0].shape[0]
+    segment = segment or max(1, math.isqrt(steps - 1) + 1)
+    num_full = steps // segment
+    main = num_full * segment
+
+    @jax.checkpoint
+    def run_segment(carry, segment_inputs):
+        x, start = segment_inputs
+        # The lengths mask needs absolute time steps: shift them by the segment's start.
+        shifted = None if lengths is None else lengths - start
+        return scan_direction(step, carry, x, lengths=shifted, reverse=reverse)
+
+    def outer(carry):
+        head = jax.tree.map(lambda a: a[:main].reshape(num_full, segment, *a.shape[1:]), xs)
+        starts = jnp.arange(num_full, dtype=jnp.int32) * segment
+        carry, ys = jax.lax.scan(run_segment, carry, (head, starts), reverse=reverse)
+        return carry, ys.reshape(main, *ys.shape[2:])
+
+    def remainder(carry):
+        return run_segment(carry, (jax.tree.map(lambda a: a[main:], xs), jnp.asarray(main, jnp.int32)))
+
+    if main == steps:
+        return outer(carry)
+    if reverse:
+        carry, ys_tail = remainder(carry)
+        carry, ys_head = outer(carry) if num_full else (carry, None)
+    else:
+        carry, ys_head = outer(carry) if num_full else (carry, None)
+        carry, ys_tail = remainder(carry)
+    return carry, ys_tail if ys_head is None else jnp.concatenate([ys_head, ys_tail], axis=0)
 
 
 def scan_direction(
@@ -132,7 +182,8 @@ def run_stack(
             carry = carries[index]
             if regularized:
                 step, inputs = regularize(regularizers, regularizer_keys[index], weights, cell_step, carry, xs)
-                carry, ys = scan_direction(step, carry, inputs, lengths=lengths, reverse=direction == 1)
+                scan = remat_direction if impl is Impl.REMAT else scan_direction
+                carry, ys = scan(step, carry, inputs, lengths=lengths, reverse=direction == 1)
             else:
                 carry, ys = run_direction(
                     cell_step, weights, carry, xs, lengths=lengths, reverse=direction == 1, impl=impl

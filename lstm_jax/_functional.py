@@ -135,6 +135,7 @@ def scan_cell(
     zoneout: float | tuple[float, float] = 0.0,
     weight_dropout: float = 0.0,
     matmul_dtype: DType | None = None,
+    impl: str | Impl = "scan",
 ) -> tuple[Array, Any]:
     """Runs a stack of any :class:`~lstm_jax.Cell` with PyTorch's semantics (see :func:`lstm`).
 
@@ -149,6 +150,7 @@ def scan_cell(
         :mod:`lstm_jax._regularizers`, active only with ``key``.
       matmul_dtype: e.g. ``jnp.bfloat16``: kernels (``w_*`` leaves) are cast to it and their matmuls accumulate in
         float32 (:func:`lstm_jax.matmul`); the carry is kept in at least float32.
+      impl: ``"scan"`` or ``"remat"`` (gradient checkpointing for long sequences); see :class:`lstm_jax.Impl`.
 
     Returns:
       ``(ys, final_carry)``: ys (T, B, D·O); the final carry stacked like ``initial_carry``.
@@ -175,7 +177,7 @@ def scan_cell(
         expected = jax.tree.map(lambda *leaves: jnp.stack(leaves), *zero)
         _validate.check_carry("initial_carry", initial_carry, expected)
         carries = [jax.tree.map(lambda leaf, k=k: leaf[k], initial_carry) for k in range(num_states)]
-    return _run(cell.step, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype)
+    return _run(cell.step, params, xs, carries, lengths, batch_first, dropout, key, regularizers, matmul_dtype, impl)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -330,8 +332,10 @@ def lstm(
       weight_dropout: DropConnect on ``w_hh`` (Merity et al. 2018, AWD-LSTM), one mask per call.
       matmul_dtype: ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and a float32 cell state.
       impl: implementation path: ``"bptt"`` (default; a hand-written backward pass with whole-sequence
-        weight-gradient GEMMs, falling back to ``"scan"`` where it does not apply) or ``"scan"`` (``jax.grad`` of
-        ``lax.scan``, the reference; also the one that supports forward-mode autodiff, ``jax.jvp``/``jacfwd``).
+        weight-gradient GEMMs, falling back to ``"scan"`` where it does not apply), ``"scan"`` (``jax.grad`` of
+        ``lax.scan``, the reference; also the one that supports forward-mode autodiff, ``jax.jvp``/``jacfwd``) or
+        ``"remat"`` (gradient checkpointing of √T-step segments: BPTT memory grows like √T, for one extra forward
+        pass).
         See :class:`lstm_jax.Impl`. Results agree to float rounding.
 
     Returns:

@@ -94,4 +94,8 @@ def test_every_lstm_path_does_the_counted_work(impl):
     # beyond that one product the work is the formula's.
     data_input_grad = T * matmul_flops(B, 4 * H, I)
     traced = _traced(apply, params, xs, training=True)
-    assert traced - recurrent_flops(T, B, I, H, 2, training=True) in (0, data_input_grad)
+    extra = traced - recurrent_flops(T, B, I, H, 2, training=True)
+    if impl == "remat":
+        # Gradient checkpointing recomputes the forward pass once, by design; GFLOP/s count the useful work only.
+        extra -= recurrent_flops(T, B, I, H, 2)
+    assert extra in (0, data_input_grad)

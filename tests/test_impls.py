@@ -127,9 +127,9 @@ def test_path_under_vmap_and_jit(impl, tol):
         jax.tree.map(lambda a, b, k=k: np.testing.assert_allclose(a[k], b, **tol["float32_grad"]), per_example, eager)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS)
-def test_path_falls_back_where_it_does_not_apply(impl, tol):
+def test_bptt_falls_back_where_it_does_not_apply():
     """Projection, peepholes and layer norm run the reference path: the results are the scan path's exactly."""
+    impl = "bptt"
     xs = jax.random.normal(jax.random.key(1), (T, B, I))
     for variant in (dict(proj_size=2), dict(peephole=True), dict(layer_norm=True)):
         params = lstm_jax.init_lstm(jax.random.key(0), I, H, **variant)
@@ -140,7 +140,7 @@ def test_path_falls_back_where_it_does_not_apply(impl, tol):
 
 def test_unknown_impl_is_an_error():
     params = lstm_jax.init_lstm(jax.random.key(0), I, H)
-    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt'\], got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt', 'remat'\], got 'cudnn'"):
         lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="cudnn")
 
 
@@ -156,3 +156,40 @@ def test_forward_mode_needs_the_scan_path():
     np.testing.assert_allclose(jnp.vdot(vjp_fn(u)[0], tangent), jnp.vdot(u, jvp), rtol=1e-4)
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(lambda x: lstm_jax.lstm(params, x, impl="bptt")[0], (xs,), (tangent,))
+
+
+@pytest.mark.parametrize("steps", [1, 10, 17])
+def test_remat_matches_scan_for_any_cell_and_length(steps, tol):
+    """Segments of ⌈√T⌉ steps with T not a multiple of them (padding is masked), both directions, with lengths and
+    a regulariser (zoneout takes per-step keys through the segments)."""
+    xs = jax.random.normal(jax.random.key(1), (steps, B, I))
+    lengths = jnp.array([steps, max(1, steps // 2), 1])
+    cell = lstm_jax.GRUCell(H)
+    params = lstm_jax.init_cell(cell, jax.random.key(0), I, num_layers=2, bidirectional=True)
+
+    def loss(params, xs, impl):
+        ys, h_n = lstm_jax.scan_cell(
+            cell, params, xs, seq_lengths=lengths, zoneout=(0.2, 0.0), key=jax.random.key(3), impl=impl
+        )
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h_n**2)
+
+    got = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "remat")
+    want = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "scan")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
+
+
+def test_remat_memory_grows_sublinearly():
+    """XLA's temp memory of the training step: the scan keeps every step's activations (linear in T), remat only
+    segment boundaries plus one segment (≈ √T): at 16× the length it needs far less than 16× the memory."""
+
+    def temp_bytes(impl, steps):
+        params = lstm_jax.init_lstm(jax.random.key(0), 8, 32)
+        xs = jnp.zeros((steps, 4, 8))
+        grad = jax.grad(lambda p, x: jnp.sum(lstm_jax.lstm(p, x, impl=impl)[1].h))
+        return jax.jit(grad).lower(params, xs).compile().memory_analysis().temp_size_in_bytes
+
+    scan_growth = temp_bytes("scan", 4096) / temp_bytes("scan", 256)
+    remat_growth = temp_bytes("remat", 4096) / temp_bytes("remat", 256)
+    assert scan_growth > 8  # linear: about 16
+    assert remat_growth < 6  # about √16 = 4
+    assert temp_bytes("remat", 4096) < temp_bytes("scan", 4096) / 4
