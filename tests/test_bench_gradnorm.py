@@ -86,3 +86,19 @@ def test_summaries_handle_underflow():
     assert decay_per_step([0.5**d for d in range(70)]) == pytest.approx(0.5)
     assert decay_per_step([0.5**d for d in range(40)]) is None  # too short for the fit window
     assert decay_per_step([0.5**d if d < 30 else 0.0 for d in range(70)]) is None  # underflowed inside it
+
+
+def test_overflowing_gradients_are_recorded_as_null():
+    """A growing gradient (the layer-norm LSTM's over thousands of steps) overflows float32 to inf, and its
+    backward pass to NaN: the summary records null there instead of writing invalid JSON, and the decay fit
+    refuses a window that holds one."""
+    import json
+
+    from lstm_jax.bench._gradnorm import summarise
+
+    samples = np.array([[1.0, 2.0, np.inf, 0.0], [1.0, 8.0, 3.0, np.nan]])
+    summary = summarise(samples)
+    assert summary["geomean"] == [1.0, 4.0, None, None]
+    assert summary["min"][:2] == [1.0, 2.0] and summary["max"][2] is None
+    json.dumps(summary, allow_nan=False)
+    assert decay_per_step([1.0, 0.5, None, 0.125], window=(0, 3)) is None

@@ -128,25 +128,31 @@ def gradient_norms(
     return np.asarray(input_norms, np.float64), np.asarray(param_norms, np.float64)
 
 
-def summarise(samples: np.ndarray) -> dict[str, list[float]]:
+def summarise(samples: np.ndarray) -> dict[str, list[float | None]]:
     """Geometric mean, min and max of (seeds, N) samples over seeds; the geometric mean is 0 where any seed
-    underflowed to 0.
+    underflowed to 0, and all three are None (JSON null) where any seed overflowed float32 (inf, or the NaN an
+    overflowing backward pass turns into) — a growing gradient, as the layer-norm LSTM's at long distances.
 
     The geometric mean is the mean on the log scale the curves are read on.
     """
+    overflow = ~np.all(np.isfinite(samples), axis=0)
+    samples = np.where(np.isfinite(samples), samples, 1.0)
     with np.errstate(divide="ignore"):
         logs = np.log(samples)
     geomean = np.where(np.all(samples > 0, axis=0), np.exp(np.mean(np.where(samples > 0, logs, 0.0), axis=0)), 0.0)
     return {
-        "geomean": _rounded(geomean),
-        "min": _rounded(samples.min(axis=0)),
-        "max": _rounded(samples.max(axis=0)),
+        "geomean": _rounded(geomean, overflow),
+        "min": _rounded(samples.min(axis=0), overflow),
+        "max": _rounded(samples.max(axis=0), overflow),
     }
 
 
-def _rounded(values: np.ndarray) -> list[float]:
+def _rounded(values: np.ndarray, overflow: np.ndarray) -> list[float | None]:
     # Five significant figures: plenty for quantities that span tens of decades, and a JSON a fraction the size.
-    return [float(f"{v:.5g}") for v in np.atleast_1d(values)]
+    return [
+        None if bad else float(f"{v:.5g}")
+        for v, bad in zip(np.atleast_1d(values), np.atleast_1d(overflow), strict=True)
+    ]
 
 
 def decay_per_step(geomean: list[float], window: tuple[int, int] = DECAY_WINDOW) -> float | None:
@@ -155,8 +161,8 @@ def decay_per_step(geomean: list[float], window: tuple[int, int] = DECAY_WINDOW)
     start, stop = window
     if len(geomean) <= stop:
         return None
-    values = np.asarray(geomean[start : stop + 1])
-    if np.any(values <= 0):
+    values = np.asarray(geomean[start : stop + 1], dtype=float)  # None (overflow) becomes NaN
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
         return None
     slope = np.polyfit(np.arange(start, stop + 1), np.log(values), 1)[0]
     return float(math.exp(slope))

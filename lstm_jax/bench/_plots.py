@@ -225,8 +225,10 @@ def plot_gradnorm_params(doc: dict[str, Any], path: pathlib.Path) -> None:
     for index, (name, variant) in enumerate(grad["variants"].items()):
         norms = variant["param_grad_norm"]
         color = _color(name, index)
-        ax.plot(norms["seq_len"], norms["geomean"], "o-", color=color, label=variant["label"])
-        ax.fill_between(norms["seq_len"], norms["min"], norms["max"], color=color, alpha=0.2, lw=0)
+        ax.plot(norms["seq_len"], _positive(norms["geomean"]), "o-", color=color, label=variant["label"])
+        ax.fill_between(
+            norms["seq_len"], _positive(norms["min"]), _positive(norms["max"]), color=color, alpha=0.2, lw=0
+        )
     _seq_len_axis(ax, grad["config"]["seq_lens"])
     ax.set_yscale("log")
     ax.set_ylabel("‖∂L/∂θ‖ (global norm, batch-mean loss)")

@@ -24,7 +24,7 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
   ``rnn_mean_field`` prediction, and per variant (``lstm``, ``lstm_fb0``, ``lstm_fb3``, ``lstm_peephole``,
   ``lstm_layernorm``, ``gru``, ``rnn``):
   ``input_grad_norm[T]`` = {geomean, min, max} lists indexed by distance T − t, ``param_grad_norm`` = {seq_len,
-  geomean, min, max}, ``decay_per_step``.
+  geomean, min, max}, ``decay_per_step``; a null in these lists marks a float32 overflow (a growing gradient).
 """
 
 from __future__ import annotations
@@ -317,10 +317,14 @@ def gradnorm_table(doc: dict[str, Any]):
         table.add_row(
             variant["label"],
             "—" if rate is None else f"{rate:.3f}",
-            *(f"{curve[d]:.2e}" for d in distances),
-            f"{variant['param_grad_norm']['geomean'][-1]:.3g}",
+            *("overflow" if curve[d] is None else f"{curve[d]:.2e}" for d in distances),
+            _maybe(variant["param_grad_norm"]["geomean"][-1], ".3g"),
         )
     return table
+
+
+def _maybe(value: float | None, spec: str) -> str:
+    return "overflow" if value is None else format(value, spec)
 
 
 def print_report(doc: dict[str, Any], console) -> None:
