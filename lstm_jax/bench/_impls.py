@@ -145,18 +145,33 @@ def lstm_jax_path(name: str, apply: Callable[..., Any], description: str) -> Imp
     """An lstm_jax implementation: ``apply(params, xs)`` with :func:`lstm_jax.lstm`'s signature and return value,
     over params from :func:`lstm_jax.init_lstm`."""
 
+    return Implementation(
+        name=name, description=description, build=_library_build(lstm_jax.init_lstm, apply), peer=False
+    )
+
+
+def _library_build(
+    init: Callable[..., Any], apply: Callable[..., Any], **init_kwargs
+) -> Callable[[Problem, str], Step]:
+    """``build`` for a function of this library: params from ``init`` at the problem's sizes, ``apply(params, xs)``
+    returning ``(ys, state)``."""
+
     def build(problem: Problem, mode: str) -> Step:
-        params = lstm_jax.init_lstm(
+        kwargs = dict(init_kwargs)
+        if kwargs.get("proj_size") == "half":
+            kwargs["proj_size"] = max(1, problem.hidden_size // 2)
+        params = init(
             jax.random.key(0),
             problem.input_size,
             problem.hidden_size,
             num_layers=problem.num_layers,
             dtype=jnp.dtype(problem.dtype),
+            **kwargs,
         )
         xs = jnp.asarray(inputs(problem), problem.dtype)
         return jax_step(lambda p, x: apply(p, x)[0], params, xs, mode)
 
-    return Implementation(name=name, description=description, build=build, peer=False)
+    return build
 
 
 def _lstm_jax_paths() -> list[lstm_jax.Impl]:
@@ -320,24 +335,13 @@ _INITS = {lstm_jax.lstm: lstm_jax.init_lstm, lstm_jax.gru: lstm_jax.init_gru, ls
 
 def _cell_implementation(name: str) -> Implementation:
     description, apply, init_kwargs, call_kwargs = CELLS[name]
+    regularized = any(k.endswith("dropout") or k == "zoneout" for k in call_kwargs)
 
-    def build(problem: Problem, mode: str) -> Step:
-        kwargs = dict(init_kwargs)
-        if kwargs.get("proj_size") == "half":
-            kwargs["proj_size"] = max(1, problem.hidden_size // 2)
-        params = _INITS[apply](
-            jax.random.key(0),
-            problem.input_size,
-            problem.hidden_size,
-            num_layers=problem.num_layers,
-            dtype=jnp.dtype(problem.dtype),
-            **kwargs,
-        )
-        xs = jnp.asarray(inputs(problem), problem.dtype)
-        regularized = any(k.endswith("dropout") or k == "zoneout" for k in call_kwargs)
-        extra = dict(call_kwargs, key=jax.random.key(1)) if regularized else call_kwargs
-        return jax_step(lambda p, x: apply(p, x, **extra)[0], params, xs, mode)
+    def apply_cell(params, xs):
+        # The key is made while tracing (a constant of the compiled call), not when this module is imported.
+        return apply(params, xs, **call_kwargs, **({"key": jax.random.key(1)} if regularized else {}))
 
+    build = _library_build(_INITS[apply], apply_cell, **init_kwargs)
     return Implementation(name=f"cell:{name}", description=description, build=build, peer=False, default=False)
 
 
