@@ -158,7 +158,7 @@ def test_forward_mode_needs_the_scan_path():
         jax.jvp(lambda x: lstm_jax.lstm(params, x, impl="bptt")[0], (xs,), (tangent,))
 
 
-@pytest.mark.parametrize("steps", [1, 10, 17])
+@pytest.mark.parametrize("steps", [1, 17])  # 17: several segments of 5 plus a remainder of 2
 def test_remat_matches_scan_for_any_cell_and_length(steps, tol):
     """Segments of ⌈√T⌉ steps with T not a multiple of them (padding is masked), both directions, with lengths and
     a regulariser (zoneout takes per-step keys through the segments)."""
