@@ -22,7 +22,7 @@ from ._functional import gru, init_gru, init_lstm, init_rnn, lstm, rnn
 from ._params import GRUWeights, LSTMWeights, RNNWeights
 from ._regularizers import Regularizers
 from ._typing import DType
-from ._validate import check_params
+from ._validate import check_params, check_rate
 
 
 def _is_variable(x) -> bool:
@@ -48,8 +48,7 @@ class _Recurrent(nnx.Module):
     ):
         check_params(type(self).__name__.lower(), params, self._weights_type)
         regularizers = regularizers or Regularizers()
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        check_rate("dropout", dropout)
         if dropout > 0.0 and len(params) == 1:
             warnings.warn(
                 "dropout acts between stacked layers (as in PyTorch), so it has no effect with num_layers=1",

@@ -36,11 +36,7 @@ import jax.numpy as jnp
 
 from ._cells import LSTMState
 from ._typing import Array, PRNGKey
-
-
-def _check_rate(name: str, rate) -> None:
-    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {rate!r}")
+from ._validate import check_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +56,13 @@ class Regularizers:
     weight_dropout: float = 0.0
 
     def __post_init__(self):
-        _check_rate("input_dropout", self.input_dropout)
-        _check_rate("recurrent_dropout", self.recurrent_dropout)
-        _check_rate("weight_dropout", self.weight_dropout)
+        check_rate("input_dropout", self.input_dropout)
+        check_rate("recurrent_dropout", self.recurrent_dropout)
+        check_rate("weight_dropout", self.weight_dropout)
         if not isinstance(self.zoneout, tuple) or len(self.zoneout) != 2:
             raise ValueError(f"zoneout must be a rate or a pair (z_h, z_c) of rates, got {self.zoneout!r}")
-        _check_rate("zoneout z_h", self.zoneout[0])
-        _check_rate("zoneout z_c", self.zoneout[1])
+        check_rate("zoneout z_h", self.zoneout[0])
+        check_rate("zoneout z_c", self.zoneout[1])
 
     @classmethod
     def make(cls, *, input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, weight_dropout=0.0) -> Regularizers:

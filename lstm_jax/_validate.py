@@ -95,9 +95,14 @@ def check_lengths(seq_lengths: ArrayLike | None, batch: int, steps: int) -> Arra
     return lengths
 
 
+def check_rate(name: str, rate) -> None:
+    """The one check of a dropout-like probability (dropout, the regularisers' rates)."""
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {rate!r}")
+
+
 def check_dropout(dropout: float, key) -> None:
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+    check_rate("dropout", dropout)
     if dropout > 0.0 and key is None:
         raise ValueError(
             f"dropout={dropout} needs a PRNG key: pass key=jax.random.key(...) (or dropout=0.0 for inference)"
