@@ -15,6 +15,10 @@ Per step of the reverse scan, with σ' and tanh' written through the stored acti
     di = dc ⊙ g,  df = dc ⊙ c_{t-1},  dg = dc ⊙ i,  dc_{t-1} = dc ⊙ f
     dz_t = [di ⊙ i(1−i), df ⊙ f(1−f), dg ⊙ (1−g²), do ⊙ o(1−o)],  dh_{t-1} = dz_t W_hhᵀ
 
+A bidirectional layer runs both directions as one scan (:func:`lstm_bidirectional`): the backward direction
+scans the time-reversed sequence, ``jax.vmap`` stacks the two directions, and every step does one batched matmul
+for both, forward and backward pass alike.
+
 Variable lengths use the driver's masking (invalid steps keep the carry and output zero); in the backward pass an
 invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to float32/float64 LSTM weights
 without projection, peepholes or layer norm; the driver falls back to the reference path otherwise.
@@ -23,6 +27,7 @@ without projection, peepholes or layer norm; the driver falls back to the refere
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,9 +55,7 @@ def _gates(z: Array) -> tuple[Array, Array, Array, Array]:
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
-def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, *, masked, reverse, save):
-    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
-
+def _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, *, masked, reverse, save):
     def step(carry, inputs):
         h, c = carry
         x, t = inputs
@@ -72,15 +75,18 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, *, masked, reverse, save):
     return ys, h, c, residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
-def _lstm_direction(w_ih, w_hh, b, h0, c0, xs, lengths, masked, reverse):
-    ys, h, c, _ = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, masked=masked, reverse=reverse, save=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def _lstm_direction(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked, reverse):
+    """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares."""
+    ys, h, c, _ = _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked=masked, reverse=reverse, save=False)
     return ys, h, c
 
 
-def _lstm_direction_fwd(w_ih, w_hh, b, h0, c0, xs, lengths, masked, reverse):
-    ys, h, c, (hs, cs, acts) = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, masked=masked, reverse=reverse, save=True)
-    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, hs, cs, acts)
+def _lstm_direction_fwd(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked, reverse):
+    ys, h, c, (hs, cs, acts) = _forward(
+        w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked=masked, reverse=reverse, save=True
+    )
+    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, steps, lengths, hs, cs, acts)
 
 
 def _previous(first: Array, carried: Array, reverse: bool) -> Array:
@@ -91,11 +97,10 @@ def _previous(first: Array, carried: Array, reverse: bool) -> Array:
 
 
 def _lstm_direction_bwd(masked, reverse, residuals, cotangents):
-    w_ih, w_hh, h0, c0, xs, lengths, hs, cs, acts = residuals
+    w_ih, w_hh, h0, c0, xs, steps, lengths, hs, cs, acts = residuals
     d_ys, d_h, d_c = cotangents
     h_prev = _previous(h0, hs, reverse)
     c_prev = _previous(c0, cs, reverse)
-    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     w_hh_t = w_hh.T
 
     def step(carry, inputs):
@@ -135,8 +140,9 @@ def _lstm_direction_bwd(masked, reverse, residuals, cotangents):
     d_w_ih = xs.reshape(T * B, -1).T @ dz_rows
     d_b = jnp.sum(dz_rows, axis=0)
     d_xs = dz @ w_ih.T
+    d_steps = np.zeros(steps.shape, dtype=jax.dtypes.float0)
     d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
-    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_lengths
+    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_steps, d_lengths
 
 
 _lstm_direction.defvjp(_lstm_direction_fwd, _lstm_direction_bwd)
@@ -149,8 +155,64 @@ def lstm_direction(
 
     Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=..., reverse=...)``.
     """
-    masked = lengths is not None
-    lengths = jnp.zeros((xs.shape[1],), jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+    masked, lengths = _as_mask(lengths, xs)
+    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     b = weights.b_ih + weights.b_hh
-    ys, h, c = _lstm_direction(weights.w_ih, weights.w_hh, b, carry.h, carry.c, xs, lengths, masked, reverse)
+    ys, h, c = _lstm_direction(weights.w_ih, weights.w_hh, b, carry.h, carry.c, xs, steps, lengths, masked, reverse)
     return LSTMState(h, c), ys
+
+
+def supports_bidirectional(forward: Any, backward: Any) -> bool:
+    """Whether both directions of a layer can run as one scan (:func:`lstm_bidirectional`)."""
+    return (
+        supports(forward)
+        and supports(backward)
+        and jax.tree.structure(forward) == jax.tree.structure(backward)
+        and all(
+            a.shape == b.shape and a.dtype == b.dtype
+            for a, b in zip(jax.tree.leaves(forward), jax.tree.leaves(backward), strict=True)
+        )
+    )
+
+
+def lstm_bidirectional(
+    weights: tuple[LSTMWeights, LSTMWeights],
+    carries: tuple[LSTMState, LSTMState],
+    xs: Array,
+    *,
+    lengths: Array | None = None,
+) -> tuple[tuple[LSTMState, LSTMState], tuple[Array, Array]]:
+    """Both directions of one plain LSTM layer as a single scan: ``((final_fw, final_bw), (ys_fw, ys_bw))``.
+
+    The backward direction runs the time-reversed sequence forwards, so both directions advance together and
+    each step does one batched (2, B, ·) @ (2, ·, 4H) matmul instead of two separate ones: on a 2-core CPU the
+    layer runs up to ~1.4× faster than two scans (see the README's benchmark table). Each row keeps its original
+    time index for the length mask, so a sequence's backward direction still starts at its own last valid step
+    (``pack_padded_sequence`` semantics). Same results as two :func:`lstm_direction` calls.
+    """
+    (forward, backward), (carry_fw, carry_bw) = weights, carries
+    masked, lengths = _as_mask(lengths, xs)
+    steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
+
+    def stack(a, b):
+        return jnp.stack([a, b])
+
+    run = jax.vmap(functools.partial(_lstm_direction, masked=masked, reverse=False), in_axes=(0,) * 7 + (None,))
+    ys, h, c = run(
+        stack(forward.w_ih, backward.w_ih),
+        stack(forward.w_hh, backward.w_hh),
+        stack(forward.b_ih + forward.b_hh, backward.b_ih + backward.b_hh),
+        stack(carry_fw.h, carry_bw.h),
+        stack(carry_fw.c, carry_bw.c),
+        stack(xs, xs[::-1]),
+        stack(steps, steps[::-1]),
+        lengths,
+    )
+    return (LSTMState(h[0], c[0]), LSTMState(h[1], c[1])), (ys[0], ys[1][::-1])
+
+
+def _as_mask(lengths: Array | None, xs: Array) -> tuple[bool, Array]:
+    """``(masked, lengths)``: whether a length mask applies, and int32 lengths (zeros, unused, when it does not)."""
+    if lengths is None:
+        return False, jnp.zeros((xs.shape[1],), jnp.int32)
+    return True, lengths.astype(jnp.int32)

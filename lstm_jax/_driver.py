@@ -38,7 +38,8 @@ class Impl(enum.Enum):
       cell, variant and regulariser.
     * ``BPTT`` — the plain LSTM with a hand-written backward pass (:mod:`lstm_jax._bptt`) whose weight
       gradients are whole-sequence GEMMs after the reverse scan. Where it does not apply (GRU, RNN, custom cells,
-      projection, peepholes, layer norm, recurrent dropout, zoneout) the driver runs ``SCAN`` instead.
+      projection, peepholes, layer norm, recurrent dropout, zoneout) the driver runs ``SCAN`` instead. The two
+      directions of a bidirectional layer run as one scan, with one batched matmul per step for both.
     * ``REMAT`` — gradient checkpointing for very long sequences, for any cell: the scan is split into segments of
       about √T steps, and only the carries at segment boundaries are kept for the backward pass; each segment's
       activations are recomputed when its gradient is needed. Memory for BPTT grows like √T instead of T, for one
@@ -63,6 +64,17 @@ def run_direction(
     if impl is Impl.REMAT:
         return remat_direction(step, carry, xs, lengths=lengths, reverse=reverse)
     return scan_direction(step, carry, xs, lengths=lengths, reverse=reverse)
+
+
+def fuses_directions(cell_step, layer_weights: Sequence[Any], xs: Any, impl: Impl) -> bool:
+    """Whether a layer's two directions run as one scan: ``Impl.BPTT``, plain LSTM (``_bptt.lstm_bidirectional``)."""
+    return (
+        impl is Impl.BPTT
+        and cell_step is lstm_cell
+        and len(layer_weights) == 2
+        and isinstance(xs, jax.Array)
+        and _bptt.supports_bidirectional(*layer_weights)
+    )
 
 
 def remat_direction(
@@ -176,20 +188,27 @@ def run_stack(
         regularizer_keys = jax.random.split(regularizer_keys, num_layers * num_directions)
     finals = []
     for layer, layer_weights in enumerate(params):
-        outputs = []
-        for direction, weights in enumerate(layer_weights):
-            index = layer * num_directions + direction
-            carry = carries[index]
-            if regularized:
-                step, inputs = regularize(regularizers, regularizer_keys[index], weights, cell_step, carry, xs)
-                scan = remat_direction if impl is Impl.REMAT else scan_direction
-                carry, ys = scan(step, carry, inputs, lengths=lengths, reverse=direction == 1)
-            else:
-                carry, ys = run_direction(
-                    cell_step, weights, carry, xs, lengths=lengths, reverse=direction == 1, impl=impl
-                )
-            finals.append(carry)
-            outputs.append(ys)
+        first = layer * num_directions
+        layer_carries = carries[first : first + num_directions]
+        if not regularized and fuses_directions(cell_step, layer_weights, xs, impl):
+            layer_finals, outputs = _bptt.lstm_bidirectional(
+                tuple(layer_weights), tuple(layer_carries), xs, lengths=lengths
+            )
+            finals.extend(layer_finals)
+        else:
+            outputs = []
+            for direction, (weights, carry) in enumerate(zip(layer_weights, layer_carries, strict=True)):
+                if regularized:
+                    key = regularizer_keys[first + direction]
+                    step, inputs = regularize(regularizers, key, weights, cell_step, carry, xs)
+                    scan = remat_direction if impl is Impl.REMAT else scan_direction
+                    carry, ys = scan(step, carry, inputs, lengths=lengths, reverse=direction == 1)
+                else:
+                    carry, ys = run_direction(
+                        cell_step, weights, carry, xs, lengths=lengths, reverse=direction == 1, impl=impl
+                    )
+                finals.append(carry)
+                outputs.append(ys)
         xs = outputs[0] if num_directions == 1 else jnp.concatenate(outputs, axis=-1)
         if training and dropout > 0.0 and layer < num_layers - 1:
             xs = _dropout(dropout_keys[layer], dropout, xs)

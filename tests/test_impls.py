@@ -193,3 +193,39 @@ def test_remat_memory_grows_sublinearly():
     assert scan_growth > 8  # linear: about 16
     assert remat_growth < 6  # about √16 = 4
     assert temp_bytes("remat", 4096) < temp_bytes("scan", 4096) / 4
+
+
+def _scans(fn, *args) -> int:
+    """The number of lax.scan loops in fn's jaxpr, those inside custom_vjp and other sub-jaxprs included."""
+
+    def count(jaxpr) -> int:
+        total = 0
+        for eqn in jaxpr.eqns:
+            total += eqn.primitive.name == "scan"
+            for param in eqn.params.values():
+                if isinstance(param, jax.extend.core.ClosedJaxpr):
+                    total += count(param.jaxpr)
+                elif isinstance(param, jax.extend.core.Jaxpr):
+                    total += count(param)
+        return total
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 1, 4]])
+def test_bptt_runs_both_directions_of_a_layer_as_one_scan(lengths, tol):
+    """Impl.BPTT fuses a bidirectional layer into one scan forward and one backward; same values as two scans."""
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    seq_lengths = None if lengths is None else jnp.array(lengths)
+
+    def loss(params, xs, impl):
+        ys, (h_n, c_n) = lstm_jax.lstm(params, xs, seq_lengths=seq_lengths, impl=impl)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h_n * c_n)
+
+    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="bptt"), params, xs) == 2
+    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="scan"), params, xs) == 4
+    assert _scans(jax.grad(lambda p, x: loss(p, x, "bptt")), params, xs) == 4  # per layer: forward, backward
+    got = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "bptt")
+    want = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "scan")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
