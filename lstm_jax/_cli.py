@@ -59,6 +59,11 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--hidden", type=_positive_int, metavar="H", help="hidden size of the throughput part")
     sweep.add_argument("--input", type=_positive_int, metavar="I", help="input size of the throughput part")
     sweep.add_argument("--layers", type=_positive_int, metavar="L", help="stacked layers of the throughput part")
+    sweep.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="bidirectional LSTMs in the throughput part: two directions per layer, concatenated (default: one)",
+    )
     sweep.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="default float32")
     sweep.add_argument(
         "--impls",
@@ -108,6 +113,7 @@ def bench_config(args: argparse.Namespace):
         "hidden_size": args.hidden,
         "input_size": args.input,
         "num_layers": args.layers,
+        "bidirectional": args.bidirectional or None,  # None keeps the sweep's own (unidirectional) setting
         "dtype": args.dtype,
         "impls": impls,
         "repeats": args.repeats,

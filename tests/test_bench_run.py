@@ -12,10 +12,11 @@ import sys
 import pytest
 
 from lstm_jax._cli import bench_config, build_parser, main
-from lstm_jax.bench import QUICK, validate
-from lstm_jax.bench._impls import MODES, REGISTRY
-from lstm_jax.bench._plots import PLOTS
-from lstm_jax.bench._report import CSV_COLUMNS, ROW_FIELDS
+from lstm_jax.bench import QUICK, load, recurrent_flops, validate
+from lstm_jax.bench._impls import MODES, REGISTRY, resolve
+from lstm_jax.bench._plots import PLOTS, _subtitle
+from lstm_jax.bench._report import CSV_COLUMNS, ROW_FIELDS, environment_line
+from lstm_jax.bench._throughput import run_throughput
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,20 @@ def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):
         assert impl["name"] in printed
 
 
+def test_compare_reads_runs_from_before_bidirectional_as_unidirectional(quick_run, tmp_path, capsys):
+    _, _, doc = quick_run
+    old = json.loads(json.dumps(doc))
+    del old["config"]["bidirectional"]
+    for row in old["throughput"]:
+        del row["bidirectional"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    loaded = load(path)
+    assert loaded["config"]["bidirectional"] is False
+    assert all(row["bidirectional"] is False for row in loaded["throughput"])
+    assert main(["bench", "--compare", str(path)]) == 0
+
+
 def test_compare_rejects_a_foreign_json(tmp_path, capsys):
     path = tmp_path / "foreign.json"
     path.write_text(json.dumps({"schema": "something else"}))
@@ -138,6 +153,9 @@ def test_arguments_build_the_configuration():
     config = bench_config(parser.parse_args(["bench", "--batch", "4", "--hidden", "16", "--layers", "2"]))
     assert (config.batch, config.hidden_size, config.num_layers, config.quick) == (4, 16, 2, False)
     assert config.seq_lens[0] <= 16 and config.seq_lens[-1] >= 4096
+    assert config.bidirectional is False and QUICK.bidirectional is False
+    config = bench_config(parser.parse_args(["bench", "--quick", "--layers", "2", "--bidirectional"]))
+    assert (config.num_layers, config.bidirectional, config.batch) == (2, True, QUICK.batch)
 
 
 @pytest.mark.parametrize(
@@ -187,3 +205,29 @@ def test_cell_variants_are_benchmarked_against_the_plain_lstm(tmp_path):
             assert cell_cost(row) == f"{row['ms_median'] / base['ms_median']:.2f}×"
     with pytest.raises(SystemExit, match="unknown --cell"):
         bench_config(build_parser().parse_args(["bench", "--cell", "nosuch"]))
+
+
+def test_bidirectional_stacks_are_benchmarked_side_by_side():
+    """--bidirectional --layers 2: every implementation runs the same two-direction stack, and its flops are
+    counted as such (the throughput part alone: the rest of a run does not depend on the flag)."""
+    argv = "bench --quick --seq-lens 4 --layers 2 --bidirectional --impls lstm_jax:bptt flax torch".split()
+    config = dataclasses.replace(bench_config(build_parser().parse_args(argv)), repeats=1, min_time_s=0.0)
+    impls, _ = resolve(config.impls)
+    rows, failures = run_throughput(config, impls)
+    assert failures == []
+    assert {(row["impl"], row["mode"]) for row in rows} == {(impl.name, mode) for impl in impls for mode in MODES}
+    for row in rows:
+        assert row["bidirectional"] is True and row["num_layers"] == 2
+        training = row["mode"] == "training"
+        flop = recurrent_flops(
+            4, config.batch, config.input_size, config.hidden_size, 2, training=training, bidirectional=True
+        )
+        assert row["gflop"] == flop / 1e9
+
+
+def test_bidirectional_runs_say_so(quick_run):
+    _, _, doc = quick_run
+    doc = json.loads(json.dumps(doc))
+    doc["config"].update(num_layers=2, bidirectional=True)
+    assert "L=2 bidirectional" in environment_line(doc)
+    assert "L=2 bidirectional" in _subtitle(doc)

@@ -15,6 +15,8 @@ class BenchConfig:
       input_size: I of the throughput part.
       hidden_size: H of the throughput part.
       num_layers: L of the throughput part.
+      bidirectional: whether the throughput part's LSTMs have two directions per layer (D = 2; each layer above
+        the first reads both directions' outputs, 2·H features).
       dtype: parameters, inputs and the peak matmul (``float32``, ``bfloat16``, ``float16``).
       impls: implementation names to run (``lstm_jax.bench._impls.REGISTRY``); None for all of them.
       repeats: timed repeats per point, interleaved across implementations; the median is reported.
@@ -32,6 +34,7 @@ class BenchConfig:
     input_size: int = 256
     hidden_size: int = 256
     num_layers: int = 1
+    bidirectional: bool = False
     dtype: str = "float32"
     impls: tuple[str, ...] | None = None
     repeats: int = 5

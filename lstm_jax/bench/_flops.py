@@ -4,13 +4,15 @@ Counting convention (nanoGPT's ``estimate_mfu``; Kaplan et al. 2020): only matri
 multiply-add. The element-wise gate maths (σ, tanh, ⊙) is O(T·B·G·H) against the matmuls' O(T·B·G·H·(I + H)) and
 is left out, so the achieved rate compares directly with the machine's measured matmul peak.
 
-Every step of layer l (input width I_l: I for the first layer, H above it) computes the G gates' pre-activations
-with ``x_t W_ih`` (B×I_l by I_l×GH) and ``h_{t-1} W_hh`` (B×H by H×GH); where the input projection happens (inside
-the loop or hoisted out of it as one big matmul) does not change the count. For T steps::
+Every step of layer l and direction d (D directions: 1, or 2 when bidirectional; input width I_l: I for the first
+layer, D·H above it, where the directions' outputs are concatenated) computes the G gates' pre-activations with
+``x_t W_ih`` (B×I_l by I_l×GH) and ``h_{t-1} W_hh`` (B×H by H×GH); where the input projection happens (inside the
+loop or hoisted out of it as one big matmul), and whether the directions run as separate matmuls or as one batched
+matmul, does not change the count. For T steps::
 
-    forward  = Σ_l 2·T·B·(I_l + H)·G·H
-    backward = Σ_l 2·T·B·(I_l + H)·G·H               weight gradients ∂W_ih, ∂W_hh
-             + Σ_l 2·T·B·(I_l·[l > 0] + H)·G·H       input gradients ∂x_t (not needed for the data, l = 0), ∂h_{t-1}
+    forward  = D · Σ_l 2·T·B·(I_l + H)·G·H
+    backward = D · Σ_l 2·T·B·(I_l + H)·G·H               weight gradients ∂W_ih, ∂W_hh
+             + D · Σ_l 2·T·B·(I_l·[l > 0] + H)·G·H       input gradients ∂x_t (not needed for the data, l = 0), ∂h_{t-1}
     training = forward + backward
 
 so a training step is a little under three forward passes (the "6N flops per token" of language-model
@@ -33,8 +35,9 @@ def recurrent_flops(
     *,
     cell: str = "lstm",
     training: bool = False,
+    bidirectional: bool = False,
 ) -> int:
-    """Matmul flops of one call of a stacked unidirectional recurrent network (see the module docstring).
+    """Matmul flops of one call of a stacked recurrent network (see the module docstring).
 
     Args:
       seq_len: T.
@@ -45,6 +48,7 @@ def recurrent_flops(
       cell: ``"lstm"``, ``"gru"`` or ``"rnn"``; sets G.
       training: count the forward pass plus the backward pass of a gradient with respect to the parameters
         (``jax.value_and_grad``, ``torch.autograd.grad``); otherwise the forward pass alone.
+      bidirectional: two directions per layer (D = 2), each layer above the first reading both directions' outputs.
 
     Returns:
       The flop count, an exact integer.
@@ -53,10 +57,14 @@ def recurrent_flops(
     6400
     >>> recurrent_flops(10, 2, 3, 5, training=True)  # forward, weight gradients, ∂h only (layer 0's ∂x is not needed)
     16800
+    >>> recurrent_flops(10, 2, 3, 5, num_layers=2, bidirectional=True)  # 2 · 2·10·2·4·5 · ((3 + 5) + (2·5 + 5))
+    36800
     """
+    directions = 2 if bidirectional else 1
     gates = GATES[cell]
-    widths = [input_size] + [hidden_size] * (num_layers - 1)
-    per_step = 2 * batch * gates * hidden_size  # flops of a (B, n) @ (n, G·H) matmul, per unit of n
+    widths = [input_size] + [directions * hidden_size] * (num_layers - 1)
+    # Flops of a (B, n) @ (n, G·H) matmul per unit of n, in every direction.
+    per_step = directions * 2 * batch * gates * hidden_size
     forward = sum(per_step * (width + hidden_size) for width in widths)
     if not training:
         return seq_len * forward

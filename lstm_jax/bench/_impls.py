@@ -11,7 +11,8 @@ Registered today:
 * ``lstm_jax:<path>``, one per :class:`lstm_jax.Impl` path of :func:`lstm_jax.lstm` (``lstm_jax:bptt``, the
   default with a hand-written backward pass, and ``lstm_jax:scan``, ``jax.grad`` of ``lax.scan``); a new path
   is registered as soon as the enum has it. ``--impls lstm_jax`` selects them all.
-* ``flax``: Flax NNX ``RNN(OptimizedLSTMCell)``, one per layer, called through ``nnx.split``/``nnx.merge``.
+* ``flax``: Flax NNX ``RNN(OptimizedLSTMCell)``, one per layer (an ``nnx.Bidirectional`` pair of them when
+  bidirectional), called through ``nnx.split``/``nnx.merge``.
 * ``torch``: ``torch.nn.LSTM`` (needs torch installed; on CUDA when torch sees a GPU).
 * ``cudnn``: ``jax.experimental.rnn.lstm``, cuDNN's fused LSTM (needs jax's default backend to be ``gpu``).
 
@@ -39,7 +40,9 @@ MODES = ("forward", "training")
 
 
 class Problem(NamedTuple):
-    """One benchmark point: an L-layer unidirectional LSTM over (T, B, I) inputs of the given dtype."""
+    """One benchmark point: an L-layer LSTM, unidirectional or bidirectional (D = 2 directions per layer, their
+    outputs concatenated), over (T, B, I) inputs of the given dtype. ``bidirectional`` comes last, so that
+    ``problem[:5]`` is (T, B, I, H, L)."""
 
     seq_len: int
     batch: int
@@ -47,6 +50,7 @@ class Problem(NamedTuple):
     hidden_size: int
     num_layers: int
     dtype: str
+    bidirectional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +169,7 @@ def _library_build(
             problem.input_size,
             problem.hidden_size,
             num_layers=problem.num_layers,
+            bidirectional=problem.bidirectional,
             dtype=jnp.dtype(problem.dtype),
             **kwargs,
         )
@@ -198,28 +203,33 @@ del _path
 def _build_flax(problem: Problem, mode: str) -> Step:
     from flax import nnx
 
+    directions = 2 if problem.bidirectional else 1
+
     class Stack(nnx.Module):
-        """L layers of ``nnx.RNN(OptimizedLSTMCell)``, time-major."""
+        """L layers of ``nnx.RNN(OptimizedLSTMCell)``, or of ``nnx.Bidirectional`` pairs of them, time-major."""
 
         def __init__(self, rngs: nnx.Rngs):
             dtype = jnp.dtype(problem.dtype)
-            widths = [problem.input_size] + [problem.hidden_size] * (problem.num_layers - 1)
-            self.layers = nnx.List(
-                [
-                    nnx.RNN(
-                        nnx.OptimizedLSTMCell(width, problem.hidden_size, dtype=dtype, rngs=rngs),
-                        time_major=True,
-                        rngs=False,
-                    )
-                    for width in widths
-                ]
-            )
+            widths = [problem.input_size] + [directions * problem.hidden_size] * (problem.num_layers - 1)
+
+            def rnn(width: int, reverse: bool = False) -> nnx.RNN:
+                cell = nnx.OptimizedLSTMCell(width, problem.hidden_size, dtype=dtype, rngs=rngs)
+                return nnx.RNN(cell, time_major=True, reverse=reverse, keep_order=reverse, rngs=False)
+
+            def layer(width: int) -> nnx.Module:
+                if not problem.bidirectional:
+                    return rnn(width)
+                # Bidirectional passes its own time_major to both RNNs and concatenates [forward, backward].
+                return nnx.Bidirectional(rnn(width), rnn(width, reverse=True), time_major=True, rngs=False)
+
+            self.layers = nnx.List([layer(width) for width in widths])
 
         def __call__(self, xs):
             _, batch, _ = xs.shape
             zeros = jnp.zeros((batch, problem.hidden_size), xs.dtype)
+            carry = (zeros, zeros)  # OptimizedLSTMCell's carry is (c, h)
             for layer in self.layers:
-                xs = layer(xs, initial_carry=(zeros, zeros))  # OptimizedLSTMCell's carry is (c, h)
+                xs = layer(xs, initial_carry=(carry, carry) if problem.bidirectional else carry)
             return xs
 
     # Split once and merge inside the compiled function: the functional NNX pattern, which keeps NNX's Python
@@ -251,7 +261,9 @@ def _build_torch(problem: Problem, mode: str) -> Step:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, problem.dtype)
     torch.manual_seed(0)
-    model = torch.nn.LSTM(problem.input_size, problem.hidden_size, num_layers=problem.num_layers)
+    model = torch.nn.LSTM(
+        problem.input_size, problem.hidden_size, num_layers=problem.num_layers, bidirectional=problem.bidirectional
+    )
     model = model.to(device=device, dtype=dtype)
     xs = torch.from_numpy(inputs(problem)).to(device=device, dtype=dtype)
     params = list(model.parameters())
@@ -294,13 +306,16 @@ def _build_cudnn(problem: Problem, mode: str) -> Step:
     from jax.experimental import rnn
 
     T, B, I, H, L = problem[:5]
+    D = 2 if problem.bidirectional else 1
     dtype = jnp.dtype(problem.dtype)
-    weights = rnn.init_lstm_weight(jax.random.key(0), I, H, L, False).astype(dtype)
-    # cuDNN takes batch-major inputs and explicit initial states and lengths.
+    weights = rnn.init_lstm_weight(jax.random.key(0), I, H, L, problem.bidirectional).astype(dtype)
+    # cuDNN takes batch-major inputs and explicit initial states (one per layer and direction) and lengths.
     xs = jnp.asarray(inputs(problem).transpose(1, 0, 2), dtype)
-    zeros = jnp.zeros((L, B, H), dtype)
+    zeros = jnp.zeros((L * D, B, H), dtype)
     lengths = jnp.full((B,), T, jnp.int32)
-    apply = functools.partial(rnn.lstm, input_size=I, hidden_size=H, num_layers=L, dropout=0.0, bidirectional=False)
+    apply = functools.partial(
+        rnn.lstm, input_size=I, hidden_size=H, num_layers=L, dropout=0.0, bidirectional=problem.bidirectional
+    )
     return jax_step(lambda w, x: apply(x, zeros, zeros, w, lengths)[0], weights, xs, mode)
 
 

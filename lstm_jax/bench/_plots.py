@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._report import layers
+
 COLORS = {
     "lstm_jax:bptt": "tab:blue",
     "lstm_jax:scan": "tab:cyan",
@@ -44,7 +46,7 @@ def _subtitle(doc: dict[str, Any]) -> str:
     env, cfg = doc["environment"], doc["config"]
     return (
         f"{env['cpu_model'] if env['platform'] == 'cpu' else env['device_kind']} ({env['platform']}), "
-        f"{cfg['dtype']}, B={cfg['batch']} I={cfg['input_size']} H={cfg['hidden_size']} L={cfg['num_layers']}; "
+        f"{cfg['dtype']}, B={cfg['batch']} I={cfg['input_size']} H={cfg['hidden_size']} L={layers(cfg)}; "
         f"jax {env['jax']}, {doc['created'][:10]}"
     )
 

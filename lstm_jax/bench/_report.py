@@ -6,7 +6,8 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
 
 * ``schema``: ``"lstm_jax.bench/1"``. ``created``: ISO 8601 local time with offset. ``elapsed_s``: run wall time.
 * ``command``: the argv of the run. ``config``: the exact configuration (sequence lengths, batch, input, hidden,
-  layers, dtype, requested implementations, repeats, minimum time per timing, seeds, quick).
+  layers, bidirectional, dtype, requested implementations, repeats, minimum time per timing, seeds, quick).
+  Results written before ``bidirectional`` existed lack it; :func:`load` reads them as unidirectional.
 * ``environment``: ``platform`` (jax's default backend), ``device_kind``, ``device_count``, ``cpu_model``,
   ``cpu_count``, ``python``, ``jax``, ``jaxlib``, ``flax``, ``torch`` (None when absent), ``torch_threads``,
   ``numpy``, ``lstm_jax``, ``matmul_precision`` (``jax_default_matmul_precision``), ``xla_flags``, ``os``,
@@ -50,6 +51,7 @@ ROW_FIELDS: dict[str, Any] = {
     "input_size": int,  # I
     "hidden_size": int,  # H
     "num_layers": int,  # L
+    "bidirectional": bool,  # D = 2 directions per layer
     "dtype": str,
     "calls_per_timing": int,  # calls averaged in each timing (short calls are timed in batches)
     "timings_ms": list,  # ms per call of each timed repeat, in run order
@@ -79,6 +81,7 @@ SCHEMA: dict[str, Any] = {
         "input_size": int,
         "hidden_size": int,
         "num_layers": int,
+        "bidirectional": bool,
         "dtype": str,
         "impls": (list, type(None)),
         "repeats": int,
@@ -162,8 +165,13 @@ def write_json(doc: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def load(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads and validates a results JSON."""
+    """Reads and validates a results JSON; one written before ``bidirectional`` was recorded gets it as False."""
     doc = json.loads(pathlib.Path(path).read_text())
+    # Every run before the field existed was unidirectional.
+    if isinstance(doc, dict):
+        for fields in [doc.get("config"), *(doc.get("throughput") or [])]:
+            if isinstance(fields, dict):
+                fields.setdefault("bidirectional", False)
     validate(doc, where=str(path))
     return doc
 
@@ -176,6 +184,7 @@ CSV_COLUMNS = [
     "input_size",
     "hidden_size",
     "num_layers",
+    "bidirectional",
     "dtype",
     "ms_median",
     "ms_min",
@@ -227,13 +236,18 @@ def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
+def layers(config: dict[str, Any]) -> str:
+    """The layer count of a run's configuration, with the directions when there are two: ``"2 bidirectional"``."""
+    return f"{config['num_layers']}{' bidirectional' if config['bidirectional'] else ''}"
+
+
 def environment_line(doc: dict[str, Any]) -> str:
     env, cfg = doc["environment"], doc["config"]
     torch = f", torch {env['torch']} ({env['torch_threads']} threads)" if env["torch"] else ""
     return (
         f"{env['platform']} ({env['device_kind']} × {env['device_count']}), {env['cpu_model']} ({env['cpu_count']} "
         f"cores); jax {env['jax']}, jaxlib {env['jaxlib']}, flax {env['flax']}{torch}; {cfg['dtype']}, "
-        f"B={cfg['batch']} I={cfg['input_size']} H={cfg['hidden_size']} L={cfg['num_layers']}; "
+        f"B={cfg['batch']} I={cfg['input_size']} H={cfg['hidden_size']} L={layers(cfg)}; "
         f"peak matmul {doc['peak']['gflops']:.0f} GFLOP/s"
     )
 
@@ -399,7 +413,7 @@ def runs_table(docs: list[dict[str, Any]], labels: list[str]):
             f"{env['jax']} / {env['jaxlib']}",
             env["torch"] or "—",
             cfg["dtype"],
-            f"{cfg['batch']} / {cfg['input_size']} / {cfg['hidden_size']} / {cfg['num_layers']}",
+            f"{cfg['batch']} / {cfg['input_size']} / {cfg['hidden_size']} / {layers(cfg)}",
             f"{doc['peak']['gflops']:.0f} GFLOP/s",
         )
     return table
@@ -412,11 +426,12 @@ def compare(paths: list[str], console) -> None:
     if len(set(labels)) < len(labels):
         labels = [f"{i}: {label}" for i, label in enumerate(labels, 1)]
     sizes = {
-        tuple(doc["config"][k] for k in ("batch", "input_size", "hidden_size", "num_layers", "dtype")) for doc in docs
+        tuple(doc["config"][k] for k in ("batch", "input_size", "hidden_size", "num_layers", "bidirectional", "dtype"))
+        for doc in docs
     }
     console.print(runs_table(docs, labels))
     if len(sizes) > 1:
-        console.print("[yellow]The runs used different sizes or dtypes; compare their ratios with care.[/]")
+        console.print("[yellow]The runs used different sizes, directions or dtypes; compare their ratios with care.[/]")
     console.print(compare_table(docs, labels))
 
 

@@ -60,7 +60,15 @@ def run_throughput(
     """
     rows, failures = [], []
     for seq_len in config.seq_lens:
-        problem = Problem(seq_len, config.batch, config.input_size, config.hidden_size, config.num_layers, config.dtype)
+        problem = Problem(
+            seq_len,
+            config.batch,
+            config.input_size,
+            config.hidden_size,
+            config.num_layers,
+            config.dtype,
+            bidirectional=config.bidirectional,
+        )
         for mode in MODES:
             ready, first_call, compile_s, memory, calls = [], {}, {}, {}, {}
             for impl in impls:
@@ -98,6 +106,7 @@ def run_throughput(
                     config.hidden_size,
                     config.num_layers,
                     training=mode == "training",
+                    bidirectional=config.bidirectional,
                 )
                 point.append(
                     {
@@ -108,6 +117,7 @@ def run_throughput(
                         "input_size": config.input_size,
                         "hidden_size": config.hidden_size,
                         "num_layers": config.num_layers,
+                        "bidirectional": config.bidirectional,
                         "dtype": config.dtype,
                         "calls_per_timing": calls[impl.name],
                         "timings_ms": [1e3 * s for s in timings[impl.name]],
