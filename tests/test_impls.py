@@ -229,3 +229,31 @@ def test_bptt_runs_both_directions_of_a_layer_as_one_scan(lengths, tol):
     got = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "bptt")
     want = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "scan")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bptt_single_direction_matches_the_scan_in_both_directions(reverse, tol):
+    """``_bptt.lstm_direction`` on its own (the driver's path for an unpaired direction), masked, either way."""
+    from functools import partial
+
+    from lstm_jax import _bptt, _driver
+    from lstm_jax._cells import LSTMState, lstm_cell
+
+    weights = lstm_jax.init_lstm(jax.random.key(0), I, H)[0][0]
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    carry = LSTMState(*jax.random.normal(jax.random.key(2), (2, B, H)))
+    lengths = jnp.array([T, 1, 4])
+
+    def loss(weights, carry, xs, run):
+        (h, c), ys = run(weights, carry, xs)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h * c)
+
+    def by_bptt(weights, carry, xs):
+        return _bptt.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
+
+    def by_scan(weights, carry, xs):
+        return _driver.scan_direction(partial(lstm_cell, weights), carry, xs, lengths=lengths, reverse=reverse)
+
+    got = jax.value_and_grad(loss, argnums=(0, 1, 2))(weights, carry, xs, by_bptt)
+    want = jax.value_and_grad(loss, argnums=(0, 1, 2))(weights, carry, xs, by_scan)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
