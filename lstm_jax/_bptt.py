@@ -20,8 +20,11 @@ scans the time-reversed sequence, ``jax.vmap`` stacks the two directions, and ev
 for both, forward and backward pass alike.
 
 Variable lengths use the driver's masking (invalid steps keep the carry and output zero); in the backward pass an
-invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to float32/float64 LSTM weights
-without projection, peepholes or layer norm; the driver falls back to the reference path otherwise.
+invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to LSTM weights without
+projection, peepholes or layer norm (the driver falls back to the reference path otherwise), in float32/float64 or
+with low-precision kernels (``matmul_dtype=jnp.bfloat16``): then every matmul — the steps' and the weight-gradient
+GEMMs — takes bf16 operands and accumulates in float32, while the gate maths, the cell state and the stored
+activations stay float32.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cells import LSTMState
+from ._cells import LSTMState, matmul
 from ._params import LSTMWeights
 from ._typing import Array
 
@@ -45,8 +48,9 @@ def supports(weights) -> bool:
         and weights.w_hr is None
         and weights.peephole is None
         and weights.layer_norm is None
-        # Low-precision kernels take the reference path, whose matmuls accumulate in float32.
-        and all(jnp.finfo(w.dtype).bits >= 32 for w in (weights.w_ih, weights.w_hh))
+        # Both kernels in one dtype; a low-precision one (matmul_dtype) runs every matmul, forward and backward,
+        # in that dtype with float32 accumulation, as lstm_cell does.
+        and weights.w_ih.dtype == weights.w_hh.dtype
     )
 
 
@@ -72,7 +76,7 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, *, masked, reverse, one_
     def step(carry, inputs):
         h, c = carry
         x, t = inputs
-        z = jnp.concatenate([x, h], axis=-1) @ w if one_matmul else x @ w_ih + h @ w_hh
+        z = matmul(jnp.concatenate([x, h], axis=-1), w) if one_matmul else matmul(x, w_ih) + matmul(h, w_hh)
         acts = _activations(z + b[None, :])
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c + i * g
@@ -104,7 +108,7 @@ def _lstm_direction_fwd(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked, rever
     ys, h, c, (cs, acts) = _forward(
         w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked=masked, reverse=reverse, one_matmul=one_matmul, save=True
     )
-    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, steps, lengths, ys, cs, acts)
+    return (ys, h, c), (w_ih, w_hh, b, h0, c0, xs, steps, lengths, ys, cs, acts)
 
 
 def _previous(first: Array, carried: Array, reverse: bool) -> Array:
@@ -131,7 +135,7 @@ def _h_previous(h0: Array, ys: Array, steps: Array, lengths: Array, masked: bool
 
 
 def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
-    w_ih, w_hh, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
+    w_ih, w_hh, b, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
     d_ys, d_h, d_c = cotangents
     h_prev = _h_previous(h0, ys, steps, lengths, masked, reverse)
     c_prev = _previous(c0, cs, reverse)
@@ -157,10 +161,10 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
         if masked:
             valid = (t < lengths)[:, None]
             dz = jnp.where(valid, dz, jnp.zeros_like(dz))
-            dh_before = jnp.where(valid, dz @ w_hh_t, dh)
+            dh_before = jnp.where(valid, matmul(dz, w_hh_t), dh)
             dc_before = jnp.where(valid, dc_before, dc)
         else:
-            dh_before = dz @ w_hh_t
+            dh_before = matmul(dz, w_hh_t)
         return (dh_before, dc_before), dz
 
     # Masked outputs were constant zeros at invalid steps: their cotangents must not reach the state.
@@ -170,10 +174,12 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
 
     T, B, _ = xs.shape
     dz_rows = dz.reshape(T * B, -1)
-    d_w_hh = h_prev.reshape(T * B, -1).T @ dz_rows
-    d_w_ih = xs.reshape(T * B, -1).T @ dz_rows
-    d_b = jnp.sum(dz_rows, axis=0)
-    d_xs = dz @ w_ih.T
+    # The weight gradients are GEMMs over all T·B rows; with low-precision kernels their operands are cast to the
+    # kernels' dtype (float32 accumulation) and the result to it, the cotangent's dtype.
+    d_w_hh = matmul(h_prev.reshape(T * B, -1).T, dz_rows.astype(w_hh.dtype)).astype(w_hh.dtype)
+    d_w_ih = matmul(xs.reshape(T * B, -1).T, dz_rows.astype(w_ih.dtype)).astype(w_ih.dtype)
+    d_b = jnp.sum(dz_rows, axis=0).astype(b.dtype)
+    d_xs = matmul(dz, w_ih.T).astype(xs.dtype)
     d_steps = np.zeros(steps.shape, dtype=jax.dtypes.float0)
     d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
     return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_steps, d_lengths
