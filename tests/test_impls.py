@@ -165,7 +165,7 @@ def test_remat_matches_scan_for_any_cell_and_length(steps, tol):
     xs = jax.random.normal(jax.random.key(1), (steps, B, I))
     lengths = jnp.array([steps, max(1, steps // 2), 1])
     cell = lstm_jax.GRUCell(H)
-    params = lstm_jax.init_cell(cell, jax.random.key(0), I, num_layers=2, bidirectional=True)
+    params = lstm_jax.init_cell(cell, jax.random.key(0), I, bidirectional=True)
 
     def loss(params, xs, impl):
         ys, h_n = lstm_jax.scan_cell(
@@ -215,7 +215,7 @@ def _scans(fn, *args) -> int:
 @pytest.mark.parametrize("lengths", [None, [6, 1, 4]])
 def test_bptt_runs_both_directions_of_a_layer_as_one_scan(lengths, tol):
     """Impl.BPTT fuses a bidirectional layer into one scan forward and one backward; same values as two scans."""
-    params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H, bidirectional=True)
     xs = jax.random.normal(jax.random.key(1), (T, B, I))
     seq_lengths = None if lengths is None else jnp.array(lengths)
 
@@ -223,9 +223,9 @@ def test_bptt_runs_both_directions_of_a_layer_as_one_scan(lengths, tol):
         ys, (h_n, c_n) = lstm_jax.lstm(params, xs, seq_lengths=seq_lengths, impl=impl)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(h_n * c_n)
 
-    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="bptt"), params, xs) == 2
-    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="scan"), params, xs) == 4
-    assert _scans(jax.grad(lambda p, x: loss(p, x, "bptt")), params, xs) == 4  # per layer: forward, backward
+    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="bptt"), params, xs) == 1
+    assert _scans(lambda p, x: lstm_jax.lstm(p, x, seq_lengths=seq_lengths, impl="scan"), params, xs) == 2
+    assert _scans(jax.grad(lambda p, x: loss(p, x, "bptt")), params, xs) == 2  # one forward, one backward
     got = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "bptt")
     want = jax.value_and_grad(loss, argnums=(0, 1))(params, xs, "scan")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
