@@ -20,8 +20,10 @@ scans the time-reversed sequence, ``jax.vmap`` stacks the two directions, and ev
 for both, forward and backward pass alike.
 
 Variable lengths use the driver's masking (invalid steps keep the carry and output zero); in the backward pass an
-invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. Applies to LSTM weights without
-projection, peepholes or layer norm (the driver falls back to the reference path otherwise), in float32/float64 or
+invalid step passes (dh, dc) through unchanged and contributes dz_t = 0. With a projection (LSTMP,
+h = m W_hr, m = o ⊙ tanh c) each reverse step adds dm = dh W_hrᵀ, and dW_hr = Σ_t m_tᵀ dh_t is one more GEMM after
+the loop. Applies to LSTM weights with or without projection, but without peepholes or layer norm (the driver falls
+back to the reference path otherwise), in float32/float64 or
 with low-precision kernels (``matmul_dtype=jnp.bfloat16``): then every matmul — the steps' and the weight-gradient
 GEMMs — takes bf16 operands and accumulates in float32, while the gate maths, the cell state and the stored
 activations stay float32.
@@ -45,12 +47,12 @@ def supports(weights) -> bool:
     """Whether ``weights`` are a plain LSTM this path implements."""
     return (
         isinstance(weights, LSTMWeights)
-        and weights.w_hr is None
         and weights.peephole is None
         and weights.layer_norm is None
         # Both kernels in one dtype; a low-precision one (matmul_dtype) runs every matmul, forward and backward,
         # in that dtype with float32 accumulation, as lstm_cell does.
         and weights.w_ih.dtype == weights.w_hh.dtype
+        and (weights.w_hr is None or weights.w_hr.dtype == weights.w_hh.dtype)
     )
 
 
@@ -67,7 +69,7 @@ def _activations(z: Array) -> Array:
     return jnp.where(is_g, t, 0.5 * t + 0.5)
 
 
-def _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, *, masked, reverse, one_matmul, save):
+def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse, one_matmul, save):
     # one_matmul: [x_t, h_{t-1}] @ [W_ih; W_hh] as one matmul per step instead of two: fewer, larger calls into
     # XLA:CPU's matmul make one direction's forward 1.10-1.18x faster (B=32, I=H=256, 2 cores), but the batched
     # matmul of two fused directions 0.82-0.85x slower, so lstm_bidirectional keeps the two.
@@ -81,6 +83,8 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, *, masked, reverse, one_
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
+        if w_hr is not None:  # LSTMP: h = (o ⊙ tanh c) W_hr
+            h_new = matmul(h_new, w_hr)
         if masked:
             valid = (t < lengths)[:, None]
             h_new, c_new = jnp.where(valid, h_new, h), jnp.where(valid, c_new, c)
@@ -95,20 +99,44 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, steps, lengths, *, masked, reverse, one_
     return ys, h, c, residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
-def _lstm_direction(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
+def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
     """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares."""
     ys, h, c, _ = _forward(
-        w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked=masked, reverse=reverse, one_matmul=one_matmul, save=False
+        w_ih,
+        w_hh,
+        b,
+        w_hr,
+        h0,
+        c0,
+        xs,
+        steps,
+        lengths,
+        masked=masked,
+        reverse=reverse,
+        one_matmul=one_matmul,
+        save=False,
     )
     return ys, h, c
 
 
-def _lstm_direction_fwd(w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
+def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
     ys, h, c, (cs, acts) = _forward(
-        w_ih, w_hh, b, h0, c0, xs, steps, lengths, masked=masked, reverse=reverse, one_matmul=one_matmul, save=True
+        w_ih,
+        w_hh,
+        b,
+        w_hr,
+        h0,
+        c0,
+        xs,
+        steps,
+        lengths,
+        masked=masked,
+        reverse=reverse,
+        one_matmul=one_matmul,
+        save=True,
     )
-    return (ys, h, c), (w_ih, w_hh, b, h0, c0, xs, steps, lengths, ys, cs, acts)
+    return (ys, h, c), (w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts)
 
 
 def _previous(first: Array, carried: Array, reverse: bool) -> Array:
@@ -135,11 +163,12 @@ def _h_previous(h0: Array, ys: Array, steps: Array, lengths: Array, masked: bool
 
 
 def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
-    w_ih, w_hh, b, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
+    w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
     d_ys, d_h, d_c = cotangents
     h_prev = _h_previous(h0, ys, steps, lengths, masked, reverse)
     c_prev = _previous(c0, cs, reverse)
     w_hh_t = w_hh.T
+    w_hr_t = None if w_hr is None else w_hr.T
 
     def step(carry, inputs):
         dh, dc = carry
@@ -147,13 +176,17 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
         i, f, g, o = jnp.split(act, 4, axis=-1)
         tanh_c = jnp.tanh(c)
         dh_total = dh + dy
-        dc_total = dc + dh_total * o * (1.0 - tanh_c * tanh_c)
+        if masked:  # what reaches W_hr: nothing at invalid steps, where dh only passes through
+            dh_total = jnp.where((t < lengths)[:, None], dh_total, jnp.zeros_like(dh_total))
+        # LSTMP: h = m W_hr with m = o ⊙ tanh(c), so dm = dh W_hrᵀ; without projection m is h.
+        dm = dh_total if w_hr_t is None else matmul(dh_total, w_hr_t)
+        dc_total = dc + dm * o * (1.0 - tanh_c * tanh_c)
         dz = jnp.concatenate(
             [
                 dc_total * g * i * (1.0 - i),
                 dc_total * c_before * f * (1.0 - f),
                 dc_total * i * (1.0 - g * g),
-                dh_total * tanh_c * o * (1.0 - o),
+                dm * tanh_c * o * (1.0 - o),
             ],
             axis=-1,
         )
@@ -165,12 +198,12 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
             dc_before = jnp.where(valid, dc_before, dc)
         else:
             dh_before = matmul(dz, w_hh_t)
-        return (dh_before, dc_before), dz
+        return (dh_before, dc_before), (dz, dh_total if w_hr is not None else None)
 
     # Masked outputs were constant zeros at invalid steps: their cotangents must not reach the state.
     if masked:
         d_ys = jnp.where((steps[:, None] < lengths[None, :])[:, :, None], d_ys, jnp.zeros_like(d_ys))
-    (dh0, dc0), dz = jax.lax.scan(step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse)
+    (dh0, dc0), (dz, dh_all) = jax.lax.scan(step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse)
 
     T, B, _ = xs.shape
     dz_rows = dz.reshape(T * B, -1)
@@ -179,10 +212,14 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
     d_w_hh = matmul(h_prev.reshape(T * B, -1).T, dz_rows.astype(w_hh.dtype)).astype(w_hh.dtype)
     d_w_ih = matmul(xs.reshape(T * B, -1).T, dz_rows.astype(w_ih.dtype)).astype(w_ih.dtype)
     d_b = jnp.sum(dz_rows, axis=0).astype(b.dtype)
+    d_w_hr = None
+    if w_hr is not None:  # dW_hr = Σ_t m_tᵀ dh_t, m_t = o_t ⊙ tanh(c_t) recomputed from the stored activations
+        m_rows = (acts[..., 3 * cs.shape[-1] :] * jnp.tanh(cs)).reshape(T * B, -1)
+        d_w_hr = matmul(m_rows.T, dh_all.reshape(T * B, -1).astype(w_hr.dtype)).astype(w_hr.dtype)
     d_xs = matmul(dz, w_ih.T).astype(xs.dtype)
     d_steps = np.zeros(steps.shape, dtype=jax.dtypes.float0)
     d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
-    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_steps, d_lengths
+    return d_w_ih, d_w_hh, d_b, d_w_hr, dh0, dc0, d_xs, d_steps, d_lengths
 
 
 _lstm_direction.defvjp(_lstm_direction_fwd, _lstm_direction_bwd)
@@ -199,7 +236,7 @@ def lstm_direction(
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     b = weights.b_ih + weights.b_hh
     ys, h, c = _lstm_direction(
-        weights.w_ih, weights.w_hh, b, carry.h, carry.c, xs, steps, lengths, masked, reverse, True
+        weights.w_ih, weights.w_hh, b, weights.w_hr, carry.h, carry.c, xs, steps, lengths, masked, reverse, True
     )
     return LSTMState(h, c), ys
 
@@ -240,11 +277,12 @@ def lstm_bidirectional(
         return jnp.stack([a, b])
 
     one_direction = functools.partial(_lstm_direction, masked=masked, reverse=False, one_matmul=False)
-    run = jax.vmap(one_direction, in_axes=(0,) * 7 + (None,))
+    run = jax.vmap(one_direction, in_axes=(0,) * 8 + (None,))
     ys, h, c = run(
         stack(forward.w_ih, backward.w_ih),
         stack(forward.w_hh, backward.w_hh),
         stack(forward.b_ih + forward.b_hh, backward.b_ih + backward.b_hh),
+        None if forward.w_hr is None else stack(forward.w_hr, backward.w_hr),
         stack(carry_fw.h, carry_bw.h),
         stack(carry_fw.c, carry_bw.c),
         stack(xs, xs[::-1]),

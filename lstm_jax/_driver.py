@@ -36,9 +36,10 @@ class Impl(enum.Enum):
 
     * ``SCAN`` — ``lax.scan`` of the cell's step, differentiated by ``jax.grad``: the reference path; runs every
       cell, variant and regulariser.
-    * ``BPTT`` — the plain LSTM with a hand-written backward pass (:mod:`lstm_jax._bptt`) whose weight
-      gradients are whole-sequence GEMMs after the reverse scan. Where it does not apply (GRU, RNN, custom cells,
-      projection, peepholes, layer norm, recurrent dropout, zoneout) the driver runs ``SCAN`` instead. The two
+    * ``BPTT`` — the LSTM (plain or projected, float32/64 or bf16 matmuls) with a hand-written backward pass
+      (:mod:`lstm_jax._bptt`) whose weight gradients are whole-sequence GEMMs after the reverse scan. Where it
+      does not apply (GRU, RNN, custom cells, peepholes, layer norm, recurrent dropout, zoneout) the driver runs
+      ``SCAN`` instead. The two
       directions of a bidirectional layer run as one scan, with one batched matmul per step for both.
     * ``REMAT`` — gradient checkpointing for very long sequences, for any cell: the scan is split into segments of
       about √T steps, and only the carries at segment boundaries are kept for the backward pass; each segment's
