@@ -176,8 +176,6 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
         i, f, g, o = jnp.split(act, 4, axis=-1)
         tanh_c = jnp.tanh(c)
         dh_total = dh + dy
-        if masked:  # what reaches W_hr: nothing at invalid steps, where dh only passes through
-            dh_total = jnp.where((t < lengths)[:, None], dh_total, jnp.zeros_like(dh_total))
         # LSTMP: h = m W_hr with m = o ⊙ tanh(c), so dm = dh W_hrᵀ; without projection m is h.
         dm = dh_total if w_hr_t is None else matmul(dh_total, w_hr_t)
         dc_total = dc + dm * o * (1.0 - tanh_c * tanh_c)
@@ -214,6 +212,8 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
     d_b = jnp.sum(dz_rows, axis=0).astype(b.dtype)
     d_w_hr = None
     if w_hr is not None:  # dW_hr = Σ_t m_tᵀ dh_t, m_t = o_t ⊙ tanh(c_t) recomputed from the stored activations
+        if masked:  # nothing reaches W_hr at invalid steps, where dh only passes through
+            dh_all = jnp.where((steps[:, None] < lengths[None, :])[:, :, None], dh_all, jnp.zeros_like(dh_all))
         m_rows = (acts[..., 3 * cs.shape[-1] :] * jnp.tanh(cs)).reshape(T * B, -1)
         d_w_hr = matmul(m_rows.T, dh_all.reshape(T * B, -1).astype(w_hr.dtype)).astype(w_hr.dtype)
     d_xs = matmul(dz, w_ih.T).astype(xs.dtype)
