@@ -44,7 +44,7 @@ from ._typing import Array
 
 
 def supports(weights) -> bool:
-    """Whether ``weights`` are a plain LSTM this path implements."""
+    """Whether ``weights`` are an LSTM this path implements: plain or projected (LSTMP), one kernel dtype."""
     return (
         isinstance(weights, LSTMWeights)
         and weights.peephole is None
@@ -102,40 +102,14 @@ def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
 def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
     """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares."""
-    ys, h, c, _ = _forward(
-        w_ih,
-        w_hh,
-        b,
-        w_hr,
-        h0,
-        c0,
-        xs,
-        steps,
-        lengths,
-        masked=masked,
-        reverse=reverse,
-        one_matmul=one_matmul,
-        save=False,
-    )
+    options = dict(masked=masked, reverse=reverse, one_matmul=one_matmul)
+    ys, h, c, _ = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=False)
     return ys, h, c
 
 
 def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
-    ys, h, c, (cs, acts) = _forward(
-        w_ih,
-        w_hh,
-        b,
-        w_hr,
-        h0,
-        c0,
-        xs,
-        steps,
-        lengths,
-        masked=masked,
-        reverse=reverse,
-        one_matmul=one_matmul,
-        save=True,
-    )
+    options = dict(masked=masked, reverse=reverse, one_matmul=one_matmul)
+    ys, h, c, (cs, acts) = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=True)
     return (ys, h, c), (w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts)
 
 
@@ -199,8 +173,9 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
         return (dh_before, dc_before), (dz, dh_total if w_hr is not None else None)
 
     # Masked outputs were constant zeros at invalid steps: their cotangents must not reach the state.
+    valid_rows = (steps[:, None] < lengths[None, :])[:, :, None] if masked else None  # (T, B, 1)
     if masked:
-        d_ys = jnp.where((steps[:, None] < lengths[None, :])[:, :, None], d_ys, jnp.zeros_like(d_ys))
+        d_ys = jnp.where(valid_rows, d_ys, jnp.zeros_like(d_ys))
     (dh0, dc0), (dz, dh_all) = jax.lax.scan(step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse)
 
     T, B, _ = xs.shape
@@ -213,7 +188,7 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
     d_w_hr = None
     if w_hr is not None:  # dW_hr = Σ_t m_tᵀ dh_t, m_t = o_t ⊙ tanh(c_t) recomputed from the stored activations
         if masked:  # nothing reaches W_hr at invalid steps, where dh only passes through
-            dh_all = jnp.where((steps[:, None] < lengths[None, :])[:, :, None], dh_all, jnp.zeros_like(dh_all))
+            dh_all = jnp.where(valid_rows, dh_all, jnp.zeros_like(dh_all))
         m_rows = (acts[..., 3 * cs.shape[-1] :] * jnp.tanh(cs)).reshape(T * B, -1)
         d_w_hr = matmul(m_rows.T, dh_all.reshape(T * B, -1).astype(w_hr.dtype)).astype(w_hr.dtype)
     d_xs = matmul(dz, w_ih.T).astype(xs.dtype)
@@ -228,7 +203,7 @@ _lstm_direction.defvjp(_lstm_direction_fwd, _lstm_direction_bwd)
 def lstm_direction(
     weights: LSTMWeights, carry: LSTMState, xs: Array, *, lengths: Array | None = None, reverse: bool = False
 ) -> tuple[LSTMState, Array]:
-    """One direction of one plain LSTM layer with the hand-written backward pass: ``(final_state, ys)``.
+    """One direction of one LSTM layer (plain or projected) with the hand-written backward pass: ``(state, ys)``.
 
     Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=..., reverse=...)``.
     """
