@@ -28,13 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _seconds(call: Callable[[], object], repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def _xla_calls(batch: int, input_size: int, hidden: int, steps: int) -> dict[str, Callable[[], object]]:
@@ -113,7 +110,7 @@ def measure(batch: int, input_size: int, hidden: int, steps: int, repeats: int =
         times = {name: [] for name in calls}
         for _ in range(repeats):  # interleaved, so both see the same machine
             for name, call in calls.items():
-                times[name] += _seconds(call, 1)
+                times[name].append(_seconds(call))
         rate = {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
         rows.append(
             {

@@ -18,6 +18,16 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, ax, path: Path, title: str) -> None:
+    """Title, grid and legend, then write the figure to ``path`` and free it."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def smooth(values: Sequence[float], weight: float = 0.9) -> np.ndarray:
     """Bias-corrected exponential moving average (as TensorBoard draws it).
 
@@ -71,12 +81,7 @@ def plot_loss(
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title)
 
 
 def plot_forecast(
@@ -100,9 +105,4 @@ def plot_forecast(
         ax.plot(dates[split : split + len(values)], values, color=f"C{index}", linewidth=1.2, label=label)
     ax.axvline(dates[split], color="gray", linestyle=":")
     ax.set_ylabel("CO₂ (ppm)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title)
