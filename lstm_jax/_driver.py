@@ -39,8 +39,8 @@ class Impl(enum.Enum):
     * ``BPTT`` — the LSTM (plain or projected, float32/64 or bf16 matmuls) with a hand-written backward pass
       (:mod:`lstm_jax._bptt`) whose weight gradients are whole-sequence GEMMs after the reverse scan. Where it
       does not apply (GRU, RNN, custom cells, peepholes, layer norm, recurrent dropout, zoneout) the driver runs
-      ``SCAN`` instead. The two
-      directions of a bidirectional layer run as one scan, with one batched matmul per step for both.
+      ``SCAN`` instead. The two directions of a bidirectional layer run as one scan, with one batched matmul
+      per step for both.
     * ``REMAT`` — gradient checkpointing for very long sequences, for any cell: the scan is split into segments of
       about √T steps, and only the carries at segment boundaries are kept for the backward pass; each segment's
       activations are recomputed when its gradient is needed. Memory for BPTT grows like √T instead of T, for one
@@ -68,7 +68,7 @@ def run_direction(
 
 
 def fuses_directions(cell_step, layer_weights: Sequence[Any], xs: Any, impl: Impl) -> bool:
-    """Whether a layer's two directions run as one scan: ``Impl.BPTT``, plain LSTM (``_bptt.lstm_bidirectional``)."""
+    """Whether a layer's two directions run as one scan: ``Impl.BPTT`` on an LSTM (``_bptt.lstm_bidirectional``)."""
     return (
         impl is Impl.BPTT
         and cell_step is lstm_cell
