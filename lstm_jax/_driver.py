@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from . import _bptt
+from . import _bptt, _kernel
 from ._cells import lstm_cell
 from ._regularizers import Regularizers, regularize
 from ._typing import Array, PRNGKey
@@ -45,18 +45,26 @@ class Impl(enum.Enum):
       about √T steps, and only the carries at segment boundaries are kept for the backward pass; each segment's
       activations are recomputed when its gradient is needed. Memory for BPTT grows like √T instead of T, for one
       extra forward pass (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
+    * ``KERNEL`` — the plain float32 LSTM as a fused C++ kernel on XLA:CPU (:mod:`lstm_jax._kernel`): the time
+      loop, matmuls and gate maths of a layer in one FFI call, forward and backward, both directions of a
+      bidirectional layer at once; weight gradients as whole-sequence GEMMs, as ``BPTT``. Built with the system's
+      C++ compiler on first use. Where it does not apply (not on the CPU backend, no compiler, float64 or bf16,
+      projections, the cells ``BPTT`` does not run) the driver takes the ``BPTT`` path, and from there ``SCAN``.
     """
 
     SCAN = "scan"
     BPTT = "bptt"
     REMAT = "remat"
+    KERNEL = "kernel"
 
 
 def run_direction(
     cell_step, weights: Any, carry: Any, xs: Any, *, lengths: Array | None, reverse: bool, impl: Impl
 ) -> tuple[Any, Array]:
     """The seam: runs one direction of one layer with the path ``impl`` names, where it applies."""
-    if impl is Impl.BPTT and cell_step is lstm_cell and _bptt.supports(weights) and isinstance(xs, jax.Array):
+    if impl is Impl.KERNEL and cell_step is lstm_cell and _kernel.supports(weights, carry, xs):
+        return _kernel.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
+    if impl in (Impl.BPTT, Impl.KERNEL) and cell_step is lstm_cell and _bptt.supports(weights) and isinstance(xs, jax.Array):
         return _bptt.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
 
     def step(carry, x):
@@ -67,15 +75,21 @@ def run_direction(
     return scan_direction(step, carry, xs, lengths=lengths, reverse=reverse)
 
 
-def fuses_directions(cell_step, layer_weights: Sequence[Any], xs: Any, impl: Impl) -> bool:
-    """Whether a layer's two directions run as one scan: ``Impl.BPTT`` on an LSTM (``_bptt.lstm_bidirectional``)."""
-    return (
-        impl is Impl.BPTT
-        and cell_step is lstm_cell
-        and len(layer_weights) == 2
-        and isinstance(xs, jax.Array)
-        and _bptt.supports_bidirectional(*layer_weights)
-    )
+def fused_directions(cell_step, layer_weights: Sequence[Any], layer_carries: Sequence[Any], xs: Any, impl: Impl):
+    """The function that runs a layer's two directions together, or None where they run one after the other.
+
+    ``Impl.KERNEL``: both in one kernel call (``_kernel.lstm_bidirectional``); ``Impl.BPTT``, or the kernel where
+    it does not apply: both in one scan (``_bptt.lstm_bidirectional``).
+    """
+    if impl not in (Impl.BPTT, Impl.KERNEL) or cell_step is not lstm_cell or len(layer_weights) != 2:
+        return None
+    if not isinstance(xs, jax.Array):
+        return None
+    if impl is Impl.KERNEL and _kernel.supports_bidirectional(*layer_weights, layer_carries, xs):
+        return _kernel.lstm_bidirectional
+    if _bptt.supports_bidirectional(*layer_weights):
+        return _bptt.lstm_bidirectional
+    return None
 
 
 def remat_direction(
@@ -191,10 +205,9 @@ def run_stack(
     for layer, layer_weights in enumerate(params):
         first = layer * num_directions
         layer_carries = carries[first : first + num_directions]
-        if not regularized and fuses_directions(cell_step, layer_weights, xs, impl):
-            layer_finals, outputs = _bptt.lstm_bidirectional(
-                tuple(layer_weights), tuple(layer_carries), xs, lengths=lengths
-            )
+        both = None if regularized else fused_directions(cell_step, layer_weights, layer_carries, xs, impl)
+        if both is not None:
+            layer_finals, outputs = both(tuple(layer_weights), tuple(layer_carries), xs, lengths=lengths)
             finals.extend(layer_finals)
         else:
             outputs = []

@@ -1,0 +1,239 @@
+"""The fused CPU kernel: the ``Impl.KERNEL`` path of :mod:`lstm_jax._driver`.
+
+A plain float32 LSTM layer (one direction, or both of a bidirectional layer at once) runs as one XLA FFI call into
+``lstm_cpu.cc``: the time loop, the per-step matmuls and the gate maths in C++, on threads that live for the whole
+sequence (the file's header says why XLA:CPU's own loop is slower). The backward pass is a second call that runs the
+reverse loop (dz_t and dh_{t-1}); the weight gradients are whole-sequence GEMMs in XLA, as on the ``Impl.BPTT`` path
+(:mod:`lstm_jax._bptt`), whose maths this path shares.
+
+The kernel is compiled from source on first use with the system's C++ compiler (``$CXX``, else ``c++``), for the
+machine it runs on (``-march=native``), and cached in ``$LSTM_JAX_CACHE`` (default ``~/.cache/lstm_jax``). Where
+it cannot be built or does not apply — no compiler, a non-CPU default backend, float64 or bf16 kernels, projections,
+peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:`status` says which and why.
+``LSTM_JAX_KERNEL=0`` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._cells import LSTMState
+from .._params import LSTMWeights
+from .._typing import Array
+
+SOURCE = Path(__file__).with_name("lstm_cpu.cc")
+_TARGETS = {"lstm_jax_forward": "LstmJaxForward", "lstm_jax_backward": "LstmJaxBackward"}
+_lock = threading.Lock()
+_status: tuple[bool, str] | None = None
+
+
+def _cache_dir() -> Path:
+    if "LSTM_JAX_CACHE" in os.environ:
+        return Path(os.environ["LSTM_JAX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lstm_jax"
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: a library built on one CPU may not run on another sharing the cache."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compile(compiler: str) -> Path:
+    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{jax.ffi.include_dir()}"]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256(
+        "\n".join([SOURCE.read_text(), " ".join(flags), version, jax.__version__, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
+    library = _cache_dir() / f"lstm_cpu-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: another process may be building or loading the same file.
+    with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        built = Path(scratch) / library.name
+        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed to build {SOURCE.name}:\n{result.stderr[-2000:]}")
+        os.replace(built, library)
+    return library
+
+
+def _load() -> tuple[bool, str]:
+    if os.environ.get("LSTM_JAX_KERNEL", "1") == "0":
+        return False, "turned off by LSTM_JAX_KERNEL=0"
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        return False, f"no C++ compiler found ({os.environ.get('CXX', 'c++')!r}; set CXX)"
+    try:
+        library = ctypes.CDLL(str(_compile(compiler)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        return False, f"the kernel could not be built: {error}"
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return True, f"built with {compiler}, loaded from {library._name}"
+
+
+def status() -> tuple[bool, str]:
+    """``(available, why)``: whether the kernel is built and registered with XLA (building it on first call)."""
+    global _status
+    with _lock:
+        if _status is None:
+            _status = _load()
+        return _status
+
+
+def available() -> bool:
+    """Whether the kernel can run here: built, and JAX's default backend is the CPU it was built for."""
+    return jax.default_backend() == "cpu" and status()[0]
+
+
+def supports(weights: Any, carry: Any, xs: Any) -> bool:
+    """Whether this path runs a direction with ``weights``: a plain float32 LSTM, float32 state and inputs."""
+    return (
+        isinstance(weights, LSTMWeights)
+        and weights.peephole is None
+        and weights.layer_norm is None
+        and weights.w_hr is None
+        and isinstance(xs, jax.Array)
+        and all(a.dtype == jnp.float32 for a in (*jax.tree.leaves(weights), *jax.tree.leaves(carry), xs))
+        and available()
+    )
+
+
+def supports_bidirectional(forward: Any, backward: Any, carries: Any, xs: Any) -> bool:
+    """Whether both directions of a layer run in one call: both supported, with weights of one shape."""
+    return (
+        supports(forward, carries[0], xs)
+        and supports(backward, carries[1], xs)
+        and all(a.shape == b.shape for a, b in zip(jax.tree.leaves(forward), jax.tree.leaves(backward), strict=True))
+    )
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _call(target: str, outputs, *args, reverse_bits: int, masked: bool):
+    available, why = status()
+    if not available:
+        raise RuntimeError(f"the lstm_jax CPU kernel is not available: {why}")
+    call = jax.ffi.ffi_call(target, outputs, vmap_method="sequential")
+    return call(*args, reverse_bits=np.int64(reverse_bits), masked=masked, threads=np.int64(_threads()))
+
+
+def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save):
+    D, T, (B, H) = w_ih.shape[0], xs.shape[0], h0.shape[1:]
+    f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    saved = (T, B, H) if save else (0, 0, 0)
+    outputs = (
+        f32((D, T, B, H)),
+        f32((D, B, H)),
+        f32((D, B, H)),
+        f32((D, *saved)),
+        f32((D, *saved[:2], 4 * saved[2])),
+    )
+    return _call("lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths, reverse_bits=reverse_bits, masked=masked)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _layer(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
+    """D directions over xs (T, B, I); per direction d: weights (D, ·, 4H), state (D, B, H); bit d of
+    ``reverse_bits`` runs direction d from t = T-1 down. Returns ys (D, T, B, H), h_T, c_T (D, B, H)."""
+    ys, h, c, _, _ = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save=False)
+    return ys, h, c
+
+
+def _layer_fwd(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
+    ys, h, c, cs, acts = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save=True)
+    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts)
+
+
+def _layer_bwd(reverse_bits, masked, residuals, cotangents):
+    w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts = residuals
+    d_ys, d_h, d_c = cotangents
+    D, T, B, H = ys.shape
+    steps = jnp.arange(T, dtype=jnp.int32)
+    if masked:  # outputs were constant zeros at invalid steps: their cotangents must not reach the state
+        valid = (steps[:, None] < lengths[None, :])[None, :, :, None]
+        d_ys = jnp.where(valid, d_ys, jnp.zeros_like(d_ys))
+    I = xs.shape[-1]
+    shapes = [(D, T, B, I), (D, I, 4 * H), (D, H, 4 * H), (D, 4 * H), (D, B, H), (D, B, H)]
+    d_xs, d_w_ih, d_w_hh, d_b, dh0, dc0 = _call(
+        "lstm_jax_backward", tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes),
+        xs, w_ih, w_hh, h0, c0, ys, cs, acts, d_ys, d_h, d_c, lengths,
+        reverse_bits=reverse_bits, masked=masked,
+    )  # fmt: skip
+    d_xs = d_xs[0] if D == 1 else jnp.sum(d_xs, axis=0)
+    d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
+    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_lengths
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def _as_mask(lengths: Array | None, xs: Array) -> tuple[bool, Array]:
+    if lengths is None:
+        return False, jnp.zeros((xs.shape[1],), jnp.int32)
+    return True, lengths.astype(jnp.int32)
+
+
+def _run(weights, carries, xs, lengths, reverse_bits):
+    masked, lengths = _as_mask(lengths, xs)
+
+    def stack(field):
+        return jnp.stack([field(w) for w in weights])
+
+    ys, h, c = _layer(
+        stack(lambda w: w.w_ih),
+        stack(lambda w: w.w_hh),
+        stack(lambda w: w.b_ih + w.b_hh),
+        jnp.stack([carry.h for carry in carries]),
+        jnp.stack([carry.c for carry in carries]),
+        xs,
+        lengths,
+        reverse_bits,
+        masked,
+    )
+    return ys, h, c
+
+
+def lstm_direction(
+    weights: LSTMWeights, carry: LSTMState, xs: Array, *, lengths: Array | None = None, reverse: bool = False
+) -> tuple[LSTMState, Array]:
+    """One direction of one plain LSTM layer in the fused kernel: ``(state, ys)``.
+
+    Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=..., reverse=...)``.
+    """
+    ys, h, c = _run((weights,), (carry,), xs, lengths, int(reverse))
+    return LSTMState(h[0], c[0]), ys[0]
+
+
+def lstm_bidirectional(
+    weights: tuple[LSTMWeights, LSTMWeights],
+    carries: tuple[LSTMState, LSTMState],
+    xs: Array,
+    *,
+    lengths: Array | None = None,
+) -> tuple[tuple[LSTMState, LSTMState], tuple[Array, Array]]:
+    """Both directions of one plain LSTM layer in one kernel call, each on its own threads, reading the same xs:
+    ``((final_fw, final_bw), (ys_fw, ys_bw))``, the same results as two :func:`lstm_direction` calls."""
+    ys, h, c = _run(tuple(weights), tuple(carries), xs, lengths, 0b10)
+    return (LSTMState(h[0], c[0]), LSTMState(h[1], c[1])), (ys[0], ys[1])

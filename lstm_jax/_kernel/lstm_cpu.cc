@@ -1,0 +1,645 @@
+// A fused LSTM layer for XLA:CPU, called through the XLA FFI (lstm_jax/_kernel/__init__.py builds and registers it).
+//
+// Why a kernel of its own: XLA:CPU runs the LSTM's small per-step matmul at 0.7-0.8x of torch's MKL and wakes its
+// thread pool for every one of them (README, "Why not faster than PyTorch"). Here the whole time loop runs inside one
+// call, on threads that stay alive for the whole sequence and meet at a spin barrier once per step:
+//
+// * Forward: each thread owns blocks of 16 hidden units. Its slice of [W_ih; W_hh] is packed once per call into a
+//   panel per block, (I+H) rows x 64 columns = the i, f, g, o columns of those 16 units, so a 4-row x 64-column
+//   register tile of z = [x_t, h_{t-1}] @ [W_ih; W_hh] + b holds whole gates, and the cell update runs on the
+//   registers before anything is stored. Threads read all of h_{t-1} and write their units of h_t (double-buffered),
+//   so one barrier per step suffices.
+// * Backward: phase 1, per thread and unit block, turns (dh, dc) and the stored gate activations into dz_t and the
+//   next dc; a barrier; phase 2 computes the thread's units of dh_{t-1} = dz_t @ W_hh^T from all of dz_t. Phase 1 of
+//   the next step only reads the thread's own units, so again one barrier per step. The weight gradients (one GEMM
+//   over all T*B rows each) are left to XLA.
+// * Two directions of a bidirectional layer run on separate thread groups at the same time, each reading xs in its
+//   own order, so no reversed copy of the input is made.
+//
+// Numerics: float32 throughout; sigma(x) = (1 + tanh(x/2)) / 2 and tanh is Eigen's rational approximation (the one
+// XLA:CPU uses for jnp.tanh), so results agree with the XLA paths to float32 rounding. Variable lengths follow
+// pack_padded_sequence: step t of row b is valid when t < lengths[b]; invalid steps keep the state, output zeros
+// and pass gradients through.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define LSTM_JAX_PAUSE() _mm_pause()
+#else
+#define LSTM_JAX_PAUSE() \
+  do {                   \
+  } while (0)
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 16 floats; GCC/Clang compile this to one AVX-512 register, two AVX registers, or four SSE registers.
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4)));
+
+constexpr int kUnits = 16;  // hidden units per block: one vector
+constexpr int kRows = 4;    // rows of a register tile
+constexpr int kChunk = 128; // rows of a weight panel kept in L1 while every row tile passes over it
+
+inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
+inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
+inline v16 splat(float s) { return (v16){} + s; }
+
+// The first n floats of v to p (n < 16 only in the last block when H is not a multiple of 16).
+inline void store_n(float* p, v16 v, int n) {
+  if (n == kUnits) {
+    store(p, v);
+  } else {
+    float tmp[kUnits];
+    store(tmp, v);
+    std::memcpy(p, tmp, sizeof(float) * n);
+  }
+}
+inline v16 load_n(const float* p, int n) {
+  if (n == kUnits) return load(p);
+  float tmp[kUnits] = {};
+  std::memcpy(tmp, p, sizeof(float) * n);
+  return load(tmp);
+}
+
+// Eigen's float tanh (generic_fast_tanh_float): a 13/6 rational approximation on [-7.9, 7.9], +-1 beyond.
+inline v16 vtanh(v16 x) {
+  const float limit = 7.90531110763549805f;
+  x = x < -limit ? splat(-limit) : x;
+  x = x > limit ? splat(limit) : x;
+  const v16 x2 = x * x;
+  v16 p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  p = x * p;
+  v16 q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  return p / q;
+}
+inline v16 vsigmoid(v16 x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
+
+// acc[r][v] += sum_k a[r * lda + k] * w[v][k * ldw + 0..15] for k < n: the register tile every matmul here uses.
+template <int MR, int NV>
+inline void tile(const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
+  v16 c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) c[r][v] = acc[r][v];
+  for (int k = 0; k < n; ++k) {
+    v16 b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load(w[v] + k * ldw);
+    for (int r = 0; r < MR; ++r) {
+      const float s = a[r * lda + k];
+      for (int v = 0; v < NV; ++v) c[r][v] += s * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
+}
+
+template <int NV>
+inline void tile_rows(int mr, const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
+  switch (mr) {
+    case 4: tile<4, NV>(a, lda, n, w, ldw, acc); break;
+    case 3: tile<3, NV>(a, lda, n, w, ldw, acc); break;
+    case 2: tile<2, NV>(a, lda, n, w, ldw, acc); break;
+    default: tile<1, NV>(a, lda, n, w, ldw, acc); break;
+  }
+}
+
+inline void tile_any(int mr, int nv, const float* a, long lda, int n, const float* const* w, long ldw,
+                     v16 (&acc)[kRows][4]) {
+  switch (nv) {
+    case 4: tile_rows<4>(mr, a, lda, n, w, ldw, acc); break;
+    case 3: tile_rows<3>(mr, a, lda, n, w, ldw, acc); break;
+    case 2: tile_rows<2>(mr, a, lda, n, w, ldw, acc); break;
+    default: tile_rows<1>(mr, a, lda, n, w, ldw, acc); break;
+  }
+}
+
+// Zeroed float scratch memory that outlives the call: buffers go back to a process-wide pool and are handed out
+// again, so a call does not page-fault its way through fresh allocations (for B=32, H=256 that alone cost ~0.5 ms
+// per call, more than a dozen time steps). The pool keeps the largest sizes used concurrently; nothing is shared
+// between calls running at the same time.
+class Scratch {
+ public:
+  explicit Scratch(size_t size) : buffer_(take(size)) { buffer_->assign(size, 0.f); }
+  Scratch(Scratch&& other) noexcept = default;
+  ~Scratch() {
+    if (buffer_ == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    pool().push_back(std::move(buffer_));
+  }
+  float* data() { return buffer_->data(); }
+  float& operator[](size_t i) { return (*buffer_)[i]; }
+
+ private:
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static std::vector<std::unique_ptr<std::vector<float>>>& pool() {
+    static auto* buffers = new std::vector<std::unique_ptr<std::vector<float>>>();  // never destroyed: see exit
+    return *buffers;
+  }
+  // The smallest pooled buffer that holds size floats, else the largest (it grows), else a new one.
+  static std::unique_ptr<std::vector<float>> take(size_t size) {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& buffers = pool();
+    if (buffers.empty()) return std::make_unique<std::vector<float>>();
+    size_t best = 0;
+    for (size_t i = 1; i < buffers.size(); ++i) {
+      const size_t have = buffers[i]->capacity(), chosen = buffers[best]->capacity();
+      const bool fits = have >= size, chosen_fits = chosen >= size;
+      if ((fits && (!chosen_fits || have < chosen)) || (!fits && !chosen_fits && have > chosen)) best = i;
+    }
+    auto buffer = std::move(buffers[best]);
+    buffers.erase(buffers.begin() + best);
+    return buffer;
+  }
+  std::unique_ptr<std::vector<float>> buffer_;
+};
+
+// A sense-reversing barrier that spins (the wait is a few microseconds: one step of the other threads) and yields
+// after a while, so an oversubscribed machine still makes progress.
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    if (n_ == 1) return;
+    const int generation = generation_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      generation_.store(generation + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins < 20000) {
+        LSTM_JAX_PAUSE();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> generation_{0};
+};
+
+struct Shape {
+  int T, B, I, H;
+  int blocks() const { return (H + kUnits - 1) / kUnits; }
+  int padded() const { return blocks() * kUnits; }
+  int units(int block) const { return std::min(kUnits, H - block * kUnits); }
+};
+
+// Runs work(direction, thread_in_group, threads_in_group, barrier) for every direction: directions are spread over
+// groups of threads that run at the same time; a group runs its directions one after the other.
+template <typename Work>
+void run_threads(int directions, int threads, int blocks, Work work) {
+  const int groups = std::max(1, std::min(directions, threads));
+  std::vector<int> group_threads(groups);
+  for (int g = 0; g < groups; ++g)
+    group_threads[g] = std::max(1, std::min(blocks, threads / groups + (g < threads % groups ? 1 : 0)));
+  std::vector<Barrier*> barriers;
+  for (int g = 0; g < groups; ++g) barriers.push_back(new Barrier(group_threads[g]));
+  auto body = [&](int g, int p) {
+    for (int d = g; d < directions; d += groups) work(d, p, group_threads[g], *barriers[g]);
+  };
+  std::vector<std::thread> pool;
+  for (int g = 0; g < groups; ++g)
+    for (int p = 0; p < group_threads[g]; ++p)
+      if (g || p) pool.emplace_back(body, g, p);
+  body(0, 0);
+  for (auto& thread : pool) thread.join();
+  for (auto* barrier : barriers) delete barrier;
+}
+
+// The forward pass of one direction, on thread p of a group of P.
+void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
+                       const float* xs, const float* w_ih, const float* w_hh, const float* bias, const float* h0, const float* c0,
+                       float* ys, float* h_last, float* c_last, float* cs, float* acts, Scratch* state) {
+  const int T = s.T, B = s.B, I = s.I, H = s.H, K = I + H, Hp = s.padded();
+  const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;
+  // This thread's panels: block u holds rows k of [W_ih; W_hh] at columns q*H + unit, as [K][4 gates x 16 units].
+  // Packed row by row: the weights are read in their own (row-major) order.
+  Scratch panels(static_cast<size_t>(u1 - u0) * K * 64), panel_bias((u1 - u0) * 64);
+  for (int k = 0; k < K; ++k) {
+    const float* w_row = k < I ? w_ih + static_cast<size_t>(k) * 4 * H : w_hh + static_cast<size_t>(k - I) * 4 * H;
+    for (int u = u0; u < u1; ++u)
+      for (int q = 0; q < 4; ++q)
+        std::memcpy(&panels[(static_cast<size_t>(u - u0) * K + k) * 64 + q * kUnits], w_row + q * H + u * kUnits,
+                    sizeof(float) * s.units(u));
+  }
+  for (int u = u0; u < u1; ++u)
+    for (int q = 0; q < 4; ++q)
+      std::memcpy(&panel_bias[(u - u0) * 64 + q * kUnits], bias + q * H + u * kUnits, sizeof(float) * s.units(u));
+  // state = [h buffer 0, h buffer 1, c], each B x Hp, shared by the group; a thread touches its own units only,
+  // except that every thread reads all of the current h.
+  float* h_buffers[2] = {state[0].data(), state[1].data()};
+  float* c_state = state[2].data();
+  for (int row = 0; row < B; ++row)
+    for (int u = u0; u < u1; ++u) {
+      const int n = s.units(u), offset = row * Hp + u * kUnits;
+      std::memcpy(h_buffers[0] + offset, h0 + row * H + u * kUnits, sizeof(float) * n);
+      std::memcpy(c_state + offset, c0 + row * H + u * kUnits, sizeof(float) * n);
+    }
+  barrier.wait();
+  Scratch partial(static_cast<size_t>(B + kRows) * 64);  // z of one block between K chunks
+  for (int step = 0; step < T; ++step) {
+    const int t = reverse ? T - 1 - step : step;
+    const float* x = xs + static_cast<size_t>(t) * B * I;
+    const float* h = h_buffers[step & 1];
+    float* h_next = h_buffers[(step + 1) & 1];
+    for (int u = u0; u < u1; ++u) {
+      const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
+      const int n = s.units(u);
+      for (int k0 = 0; k0 < K; k0 += kChunk) {
+        const int k1 = std::min(K, k0 + kChunk);
+        for (int r0 = 0; r0 < B; r0 += kRows) {
+          const int mr = std::min(kRows, B - r0);
+          v16 acc[kRows][4];
+          for (int r = 0; r < mr; ++r)
+            for (int q = 0; q < 4; ++q)
+              acc[r][q] = load(k0 == 0 ? &panel_bias[(u - u0) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
+          if (k0 < I) {  // the x_t part of [x_t, h_{t-1}]
+            const int kb = std::min(k1, I);
+            const float* wk = panel + static_cast<size_t>(k0) * 64;
+            const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+            tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, kb - k0, cols, 64, acc);
+          }
+          if (k1 > I) {  // the h_{t-1} part
+            const int ka = std::max(k0, I);
+            const float* wk = panel + static_cast<size_t>(ka) * 64;
+            const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+            tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (ka - I), Hp, k1 - ka, cols, 64, acc);
+          }
+          if (k1 < K) {
+            for (int r = 0; r < mr; ++r)
+              for (int q = 0; q < 4; ++q) store(&partial[(r0 + r) * 64 + q * kUnits], acc[r][q]);
+            continue;
+          }
+          for (int r = 0; r < mr; ++r) {  // the cell update, on the registers
+            const int row = r0 + r;
+            const size_t out = (static_cast<size_t>(t) * B + row) * H + u * kUnits;
+            float* c_row = c_state + row * Hp + u * kUnits;
+            if (lengths != nullptr && t >= lengths[row]) {  // invalid step: state unchanged, output zero
+              std::memcpy(h_next + row * Hp + u * kUnits, h + row * Hp + u * kUnits, sizeof(float) * n);
+              store_n(ys + out, splat(0.f), n);
+              if (cs != nullptr) store_n(cs + out, load(c_row), n);
+              continue;
+            }
+            const v16 i = vsigmoid(acc[r][0]), f = vsigmoid(acc[r][1]), g = vtanh(acc[r][2]), o = vsigmoid(acc[r][3]);
+            const v16 c = f * load(c_row) + i * g;
+            const v16 h_new = o * vtanh(c);
+            store(c_row, c);
+            store(h_next + row * Hp + u * kUnits, h_new);
+            store_n(ys + out, h_new, n);
+            if (cs != nullptr) {
+              store_n(cs + out, c, n);
+              float* a = acts + (static_cast<size_t>(t) * B + row) * 4 * H + u * kUnits;
+              store_n(a, i, n);
+              store_n(a + H, f, n);
+              store_n(a + 2 * H, g, n);
+              store_n(a + 3 * H, o, n);
+            }
+          }
+        }
+      }
+    }
+    barrier.wait();
+  }
+  const float* h = h_buffers[T & 1];
+  for (int row = 0; row < B; ++row)
+    for (int u = u0; u < u1; ++u) {
+      const int n = s.units(u), offset = row * Hp + u * kUnits;
+      std::memcpy(h_last + row * H + u * kUnits, h + offset, sizeof(float) * n);
+      std::memcpy(c_last + row * H + u * kUnits, c_state + offset, sizeof(float) * n);
+    }
+}
+
+// dW[k0 + r][64 columns of a block] += sum over rows b of a[b][k0 + r] * dz[b][64]: the weight-gradient update of
+// one step, accumulated in L2-resident panels (a contraction over the batch). dz is the block's compact copy,
+// [B][64]: read straight from the step's (B, 4H) buffer, its rows 4 KiB apart, the loads collide in L1's sets.
+template <int KR>
+inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw) {
+  v16 acc[KR][4];
+  for (int r = 0; r < KR; ++r)
+    for (int q = 0; q < 4; ++q) acc[r][q] = load(dw + r * 64 + q * kUnits);
+  for (int b = 0; b < rows; ++b) {
+    const float* z = dz + b * 64;
+    const v16 z0 = load(z), z1 = load(z + 16), z2 = load(z + 32), z3 = load(z + 48);
+    for (int r = 0; r < KR; ++r) {
+      const float x = a[b][k0 + r];
+      acc[r][0] += x * z0;
+      acc[r][1] += x * z1;
+      acc[r][2] += x * z2;
+      acc[r][3] += x * z3;
+    }
+  }
+  for (int r = 0; r < KR; ++r)
+    for (int q = 0; q < 4; ++q) store(dw + r * 64 + q * kUnits, acc[r][q]);
+}
+
+// dw (n rows x 64) += a^T dz over the batch, a given as one pointer per row b to its n values.
+inline void accumulate_outer(const float* const* a, int n, int rows, const float* dz, float* dw) {
+  int k = 0;
+  for (; k + 4 <= n; k += 4) outer_tile<4>(a, k, rows, dz, dw + k * 64);
+  for (; k < n; ++k) outer_tile<1>(a, k, rows, dz, dw + k * 64);
+}
+
+// The backward pass of one direction (the reverse of its forward order), on thread p of a group of P. Per step:
+// phase 1 forms dz_t for this thread's units and adds [x_t, h_{t-1}]^T dz_t to their columns of dW; phase 2 forms
+// dz_t @ [W_hh; W_ih]^T for this thread's units of dh_{t-1} and its share of dx_t.
+void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
+                        const float* xs, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
+                        const float* ys, const float* acts, const float* cs, const float* d_ys, const float* dh_last,
+                        const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b, float* dh0,
+                        float* dc0, Scratch* state) {
+  const int T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H, Hp = s.padded();
+  const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;  // units: dz, dW columns, dh, dc
+  const int input_blocks = (I + kUnits - 1) / kUnits;
+  const int i0 = input_blocks * p / P, i1 = input_blocks * (p + 1) / P;  // this thread's share of dx
+  const int own = u1 - u0, inputs = i1 - i0;
+  // Panels of [W_hh; W_ih]^T: an output block (16 units of h, or 16 inputs of x) holds, for every gate column n,
+  // its 16 weights, [4H][16]; this thread's dh blocks first, then its dx blocks.
+  Scratch panels(static_cast<size_t>(own + inputs) * G * kUnits);
+  auto pack = [&](int slot, const float* w, int first, int count) {
+    for (int j = 0; j < count; ++j)
+      for (int n = 0; n < G; ++n)
+        panels[(static_cast<size_t>(slot) * G + n) * kUnits + j] = w[static_cast<size_t>(first + j) * G + n];
+  };
+  for (int u = u0; u < u1; ++u) pack(u - u0, w_hh, u * kUnits, s.units(u));
+  for (int i = i0; i < i1; ++i) pack(own + i - i0, w_ih, i * kUnits, std::min(kUnits, I - i * kUnits));
+  // This thread's columns of dW_ih, dW_hh and db, as [rows][64] per unit block.
+  Scratch dw_ih(static_cast<size_t>(own) * I * 64), dw_hh(static_cast<size_t>(own) * H * 64), db(own * 64);
+  Scratch dz_own(static_cast<size_t>(own) * B * 64);  // this step's dz of this thread's blocks
+  // state = [dh, dc (B x Hp each), dz of two steps (B x 4H each)], shared by the group.
+  float* dh = state[0].data();
+  float* dc = state[1].data();
+  float* dz_buffers[2] = {state[2].data(), state[3].data()};
+  for (int row = 0; row < B; ++row)
+    for (int u = u0; u < u1; ++u) {
+      const int n = s.units(u), offset = row * Hp + u * kUnits;
+      std::memcpy(dh + offset, dh_last + row * H + u * kUnits, sizeof(float) * n);
+      std::memcpy(dc + offset, dc_last + row * H + u * kUnits, sizeof(float) * n);
+    }
+  std::vector<const float*> x_rows(B), h_rows(B);
+  Scratch partial(static_cast<size_t>(B + kRows) * 4 * kUnits);
+  for (int step = 0; step < T; ++step) {
+    const int t = reverse ? step : T - 1 - step;
+    const int t_before = reverse ? t + 1 : t - 1;  // the step this one started from
+    const bool first_step = t_before < 0 || t_before >= T;
+    float* z_t = dz_buffers[step & 1];
+    // Phase 1: dz_t and dc_{t-1} for this thread's units.
+    for (int row = 0; row < B; ++row) {
+      const bool valid = lengths == nullptr || t < lengths[row];
+      const size_t at = static_cast<size_t>(t) * B + row;
+      x_rows[row] = xs + at * I;
+      // h_{t-1}: the output of the step before where that step ran, else the initial state (see _h_previous).
+      const bool ran_before = !first_step && (lengths == nullptr || t_before < lengths[row]);
+      h_rows[row] = ran_before ? ys + (static_cast<size_t>(t_before) * B + row) * H : h0 + row * H;
+      for (int u = u0; u < u1; ++u) {
+        const int n = s.units(u), unit = u * kUnits;
+        float* z = z_t + row * G + unit;
+        float* z_own = &dz_own[(static_cast<size_t>(u - u0) * B + row) * 64];
+        if (!valid) {  // dh and dc pass through; nothing reaches the weights
+          for (int q = 0; q < 4; ++q) {
+            store_n(z + q * H, splat(0.f), n);
+            store(z_own + q * kUnits, splat(0.f));
+          }
+          continue;
+        }
+        const float* a = acts + at * G + unit;
+        const v16 i = load_n(a, n), f = load_n(a + H, n), g = load_n(a + 2 * H, n), o = load_n(a + 3 * H, n);
+        const v16 c = load_n(cs + at * H + unit, n);
+        const v16 c_before = load_n(first_step ? c0 + row * H + unit : cs + (static_cast<size_t>(t_before) * B + row) * H + unit, n);
+        const v16 tanh_c = vtanh(c);
+        const v16 dh_total = load(dh + row * Hp + unit) + load_n(d_ys + at * H + unit, n);
+        const v16 dc_total = load(dc + row * Hp + unit) + dh_total * o * (1.f - tanh_c * tanh_c);
+        const v16 dz_gates[4] = {dc_total * g * i * (1.f - i), dc_total * c_before * f * (1.f - f),
+                                 dc_total * i * (1.f - g * g), dh_total * tanh_c * o * (1.f - o)};
+        for (int q = 0; q < 4; ++q) {
+          store_n(z + q * H, dz_gates[q], n);
+          store(z_own + q * kUnits, dz_gates[q]);  // lanes past n are zero: load_n zero-fills
+        }
+        store(dc + row * Hp + unit, dc_total * f);
+      }
+    }
+    for (int u = u0; u < u1; ++u) {  // dW[:, this thread's columns] += [x_t, h_{t-1}]^T dz_t, db += sum dz_t
+      const float* z = &dz_own[static_cast<size_t>(u - u0) * B * 64];
+      accumulate_outer(x_rows.data(), I, B, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
+      accumulate_outer(h_rows.data(), H, B, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64]);
+      for (int row = 0; row < B; ++row)
+        for (int q = 0; q < 4; ++q) {
+          float* sum = &db[(u - u0) * 64 + q * kUnits];
+          store(sum, load(sum) + load(z + row * 64 + q * kUnits));
+        }
+    }
+    barrier.wait();
+    // Phase 2: [dh_{t-1} | dx_t] = dz_t @ [W_hh; W_ih]^T for this thread's output blocks, up to four per tile.
+    float* dx_t = d_xs + static_cast<size_t>(t) * B * I;
+    auto project = [&](int slots_begin, int slots_end, bool hidden) {
+      for (int first = slots_begin; first < slots_end; first += 4) {
+        const int nv = std::min(4, slots_end - first);
+        for (int k0 = 0; k0 < G; k0 += kChunk) {
+          const int k1 = std::min(G, k0 + kChunk);
+          const float* cols[4];
+          for (int v = 0; v < nv; ++v) cols[v] = &panels[(static_cast<size_t>(first + v) * G + k0) * kUnits];
+          for (int r0 = 0; r0 < B; r0 += kRows) {
+            const int mr = std::min(kRows, B - r0);
+            v16 acc[kRows][4];
+            for (int r = 0; r < mr; ++r)
+              for (int v = 0; v < nv; ++v)
+                acc[r][v] = k0 == 0 ? splat(0.f) : load(&partial[((r0 + r) * 4 + v) * kUnits]);
+            tile_any(mr, nv, z_t + static_cast<size_t>(r0) * G + k0, G, k1 - k0, cols, kUnits, acc);
+            for (int r = 0; r < mr; ++r) {
+              const int row = r0 + r;
+              if (k1 < G) {
+                for (int v = 0; v < nv; ++v) store(&partial[(row * 4 + v) * kUnits], acc[r][v]);
+              } else if (hidden) {  // dh of an invalid row passes through unchanged
+                if (lengths == nullptr || t < lengths[row])
+                  for (int v = 0; v < nv; ++v) store(dh + row * Hp + (u0 + first + v) * kUnits, acc[r][v]);
+              } else {
+                for (int v = 0; v < nv; ++v) {
+                  const int block = i0 + first + v - own;
+                  store_n(dx_t + row * I + block * kUnits, acc[r][v], std::min(kUnits, I - block * kUnits));
+                }
+              }
+            }
+          }
+        }
+      }
+    };
+    project(0, own, true);
+    project(own, own + inputs, false);
+    // No second barrier: the next phase 1 reads only this thread's units of dh and dc, and writes the other dz buffer.
+  }
+  for (int row = 0; row < B; ++row)
+    for (int u = u0; u < u1; ++u) {
+      const int n = s.units(u), offset = row * Hp + u * kUnits;
+      std::memcpy(dh0 + row * H + u * kUnits, dh + offset, sizeof(float) * n);
+      std::memcpy(dc0 + row * H + u * kUnits, dc + offset, sizeof(float) * n);
+    }
+  for (int u = u0; u < u1; ++u)  // this thread's columns of the weight gradients, back to (rows, 4H)
+    for (int q = 0; q < 4; ++q) {
+      const int n = s.units(u), column = q * H + u * kUnits;
+      const size_t block = static_cast<size_t>(u - u0);
+      for (int k = 0; k < I; ++k)
+        std::memcpy(d_w_ih + static_cast<size_t>(k) * G + column, &dw_ih[(block * I + k) * 64 + q * kUnits], sizeof(float) * n);
+      for (int k = 0; k < H; ++k)
+        std::memcpy(d_w_hh + static_cast<size_t>(k) * G + column, &dw_hh[(block * H + k) * 64 + q * kUnits], sizeof(float) * n);
+      std::memcpy(d_b + column, &db[block * 64 + q * kUnits], sizeof(float) * n);
+    }
+}
+
+std::string dims_text(ffi::Span<const int64_t> dims) {
+  std::string text = "(";
+  for (size_t i = 0; i < dims.size(); ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
+  return text + ")";
+}
+
+// Checks that a buffer has exactly the expected dimensions; the Python side builds them, so a mismatch is a bug.
+bool has_dims(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> expected) {
+  return dims.size() == expected.size() && std::equal(dims.begin(), dims.end(), expected.begin());
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> b,
+                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths,
+                   ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last, ffi::ResultBuffer<ffi::F32> c_last,
+                   ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts, int64_t reverse_bits, bool masked,
+                   int64_t threads) {
+  if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
+  const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
+  const int64_t D = w_hh.dimensions()[0], H = w_hh.dimensions()[1];
+  const bool save = cs->element_count() > 0;
+  if (!has_dims(w_ih.dimensions(), {D, I, 4 * H}) || !has_dims(w_hh.dimensions(), {D, H, 4 * H}) || !has_dims(b.dimensions(), {D, 4 * H}) ||
+      !has_dims(h0.dimensions(), {D, B, H}) || !has_dims(c0.dimensions(), {D, B, H}) ||
+      !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {D, T, B, H}) ||
+      (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
+    return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
+                                       " w_hh " + dims_text(w_hh.dimensions()));
+  const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
+  std::vector<Scratch> state;  // per direction: two h buffers and c
+  state.reserve(D * 3);
+  for (int64_t i = 0; i < D * 3; ++i) state.emplace_back(static_cast<size_t>(B) * s.padded());
+  const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
+  run_threads(D, static_cast<int>(threads), s.blocks(), [&](int d, int p, int P, Barrier& barrier) {
+    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
+                      xs.typed_data(), w_ih.typed_data() + static_cast<size_t>(d) * I * 4 * H,
+                      w_hh.typed_data() + static_cast<size_t>(d) * H * 4 * H,
+                      b.typed_data() + d * 4 * H, h0.typed_data() + d * one, c0.typed_data() + d * one,
+                      ys->typed_data() + d * seq, h_last->typed_data() + d * one, c_last->typed_data() + d * one,
+                      save ? cs->typed_data() + d * seq : nullptr, save ? acts->typed_data() + d * 4 * seq : nullptr,
+                      &state[d * 3]);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh,
+                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ys,
+                    ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> d_ys,
+                    ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> lengths,
+                    ffi::ResultBuffer<ffi::F32> d_xs, ffi::ResultBuffer<ffi::F32> d_w_ih,
+                    ffi::ResultBuffer<ffi::F32> d_w_hh, ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> dh0,
+                    ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked, int64_t threads) {
+  if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
+  const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
+  const int64_t D = w_hh.dimensions()[0], H = w_hh.dimensions()[1];
+  for (auto* sequence : {&ys, &cs, &d_ys})
+    if (!has_dims(sequence->dimensions(), {D, T, B, H}))
+      return ffi::Error::InvalidArgument("lstm_jax kernel: ys, cs and their cotangents must be (D, T, B, H)");
+  for (auto* one : {&h0, &c0, &dh_last, &dc_last})
+    if (!has_dims(one->dimensions(), {D, B, H}))
+      return ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)");
+  if (!has_dims(w_ih.dimensions(), {D, I, 4 * H}) || !has_dims(w_hh.dimensions(), {D, H, 4 * H}) ||
+      !has_dims(acts.dimensions(), {D, T, B, 4 * H}) || !has_dims(lengths.dimensions(), {B}) ||
+      !has_dims(d_xs->dimensions(), {D, T, B, I}) || !has_dims(d_b->dimensions(), {D, 4 * H}))
+    return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
+                                       " w_hh " + dims_text(w_hh.dimensions()));
+  const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
+  std::vector<Scratch> state;
+  state.reserve(D * 4);
+  for (int64_t d = 0; d < D; ++d) {
+    state.emplace_back(static_cast<size_t>(B) * s.padded());  // dh
+    state.emplace_back(static_cast<size_t>(B) * s.padded());  // dc
+    state.emplace_back(static_cast<size_t>(B) * 4 * H);  // dz, two steps
+    state.emplace_back(static_cast<size_t>(B) * 4 * H);
+  }
+  const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
+  run_threads(D, static_cast<int>(threads), s.blocks(), [&](int d, int p, int P, Barrier& barrier) {
+    backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
+                       xs.typed_data(), w_ih.typed_data() + d * I * 4 * H, w_hh.typed_data() + d * H * 4 * H,
+                       h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * seq,
+                       acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * seq,
+                       dh_last.typed_data() + d * one, dc_last.typed_data() + d * one,
+                       d_xs->typed_data() + static_cast<size_t>(d) * T * B * I, d_w_ih->typed_data() + d * I * 4 * H,
+                       d_w_hh->typed_data() + d * H * 4 * H, d_b->typed_data() + d * 4 * H,
+                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 4]);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs (T, B, I)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (D, I, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (D, H, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b = b_ih + b_hh (D, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys (D, T, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_T (D, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_T (D, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs (D, T, B, H), or empty: not saved
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // gate activations (D, T, B, 4H), or empty
+                                  .Attr<int64_t>("reverse_bits")
+                                  .Attr<bool>("masked")
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xs (T, B, I)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (D, I, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (D, H, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys (D, T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs (D, T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gate activations (D, T, B, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d ys (D, T, B, H), zero at invalid steps
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d h_T (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d c_T (D, B, H)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs per direction (D, T, B, I)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih (D, I, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (D, H, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (D, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d h0 (D, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d c0 (D, B, H)
+                                  .Attr<int64_t>("reverse_bits")
+                                  .Attr<bool>("masked")
+                                  .Attr<int64_t>("threads"));
