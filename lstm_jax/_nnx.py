@@ -184,7 +184,7 @@ class LSTM(_Recurrent):
         zoneout: float | tuple[float, float] = 0.0,
         weight_dropout: float = 0.0,
         matmul_dtype: DType | None = None,
-        impl: str = "bptt",
+        impl: str = "kernel",
         batch_first: bool = False,
         dtype: DType = jnp.float32,
         rngs: nnx.Rngs,

@@ -116,6 +116,11 @@ def test_every_lstm_path_does_the_counted_work(impl, bidirectional):
     def formula(training):
         return recurrent_flops(T, B, I, H, 2, training=training, bidirectional=bidirectional)
 
+    if impl == "kernel":
+        # The fused CPU kernel does all of a layer's matmuls inside its FFI calls, which the jaxpr does not see
+        # (tests/test_kernel.py holds it to the reference path's values and gradients instead).
+        assert _traced(apply, params, xs, training=False) == _traced(apply, params, xs, training=True) == 0
+        return
     assert _traced(apply, params, xs, training=False) == formula(training=False)
     # A custom backward pass (custom_vjp) must return ∂x even for the data, which nothing uses and XLA may drop;
     # beyond that one product per direction the work is the formula's.

@@ -140,7 +140,7 @@ def test_bptt_falls_back_where_it_does_not_apply():
 
 def test_unknown_impl_is_an_error():
     params = lstm_jax.init_lstm(jax.random.key(0), I, H)
-    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt', 'remat'\], got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt', 'remat', 'kernel'\], got 'cudnn'"):
         lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="cudnn")
 
 
@@ -154,8 +154,9 @@ def test_forward_mode_needs_the_scan_path():
     # <vjp(u), t> == <u, jvp(t)>: forward mode on the scan path agrees with the default reverse mode.
     u = jax.random.normal(jax.random.key(2), jvp.shape)
     np.testing.assert_allclose(jnp.vdot(vjp_fn(u)[0], tangent), jnp.vdot(u, jvp), rtol=1e-4)
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(lambda x: lstm_jax.lstm(params, x, impl="bptt")[0], (xs,), (tangent,))
+    for impl in ("bptt", "kernel"):
+        with pytest.raises(TypeError, match="forward-mode"):
+            jax.jvp(lambda x: lstm_jax.lstm(params, x, impl=impl)[0], (xs,), (tangent,))  # noqa: B023
 
 
 @pytest.mark.parametrize("steps", [1, 17])  # 17: several segments of 5 plus a remainder of 2

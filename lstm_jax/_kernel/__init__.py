@@ -16,6 +16,7 @@ peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -128,7 +129,10 @@ def supports_bidirectional(forward: Any, backward: Any, carries: Any, xs: Any) -
 
 
 def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Threads per kernel call: the CPUs this process may use, shared among the CPU devices XLA runs in parallel
+    (``--xla_force_host_platform_device_count``), whose kernel calls would otherwise fight over the cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, jax.local_device_count("cpu")))
 
 
 def _call(target: str, outputs, *args, reverse_bits: int, masked: bool):
@@ -161,32 +165,70 @@ def _layer(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
     return ys, h, c
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+    """Which gradients the backward pass must form: known in the forward pass from what is being differentiated
+    (``symbolic_zeros``), carried to the backward as static residual data."""
+
+    inputs: bool
+    weights: bool
+    state: bool
+
+
 def _layer_fwd(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
+    wanted = _Wanted(
+        inputs=xs.perturbed, weights=w_ih.perturbed or w_hh.perturbed or b.perturbed, state=h0.perturbed or c0.perturbed
+    )
+    w_ih, w_hh, b, h0, c0, xs, lengths = (p.value for p in (w_ih, w_hh, b, h0, c0, xs, lengths))
     ys, h, c, cs, acts = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save=True)
-    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts)
+    return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts, wanted)
+
+
+def _dense(cotangent):
+    if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+        return jnp.zeros(cotangent.shape, cotangent.dtype)
+    return cotangent
 
 
 def _layer_bwd(reverse_bits, masked, residuals, cotangents):
-    w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts = residuals
-    d_ys, d_h, d_c = cotangents
+    w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts, wanted = residuals
+    d_ys, d_h, d_c = (_dense(cotangent) for cotangent in cotangents)
     D, T, B, H = ys.shape
+    I = xs.shape[-1]
     steps = jnp.arange(T, dtype=jnp.int32)
     if masked:  # outputs were constant zeros at invalid steps: their cotangents must not reach the state
         valid = (steps[:, None] < lengths[None, :])[None, :, :, None]
         d_ys = jnp.where(valid, d_ys, jnp.zeros_like(d_ys))
-    I = xs.shape[-1]
-    shapes = [(D, T, B, I), (D, I, 4 * H), (D, H, 4 * H), (D, 4 * H), (D, B, H), (D, B, H)]
+    # An empty output tells the kernel that gradient is not wanted: it skips its share of the work.
+    shapes = [
+        (D, T, B, I) if wanted.inputs else (D, 0, 0, 0),
+        (D, I, 4 * H) if wanted.weights else (D, 0, 0),
+        (D, H, 4 * H) if wanted.weights else (D, 0, 0),
+        (D, 4 * H) if wanted.weights else (D, 0),
+        (D, B, H),
+        (D, B, H),
+    ]
     d_xs, d_w_ih, d_w_hh, d_b, dh0, dc0 = _call(
         "lstm_jax_backward", tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes),
         xs, w_ih, w_hh, h0, c0, ys, cs, acts, d_ys, d_h, d_c, lengths,
         reverse_bits=reverse_bits, masked=masked,
     )  # fmt: skip
-    d_xs = d_xs[0] if D == 1 else jnp.sum(d_xs, axis=0)
+    if wanted.inputs:
+        d_xs = d_xs[0] if D == 1 else jnp.sum(d_xs, axis=0)
     d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
-    return d_w_ih, d_w_hh, d_b, dh0, dc0, d_xs, d_lengths
+    return (
+        d_w_ih if wanted.weights else None,
+        d_w_hh if wanted.weights else None,
+        d_b if wanted.weights else None,
+        dh0 if wanted.state else None,
+        dc0 if wanted.state else None,
+        d_xs if wanted.inputs else None,
+        d_lengths,
+    )
 
 
-_layer.defvjp(_layer_fwd, _layer_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 def _as_mask(lengths: Array | None, xs: Array) -> tuple[bool, Array]:

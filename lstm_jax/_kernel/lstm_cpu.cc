@@ -177,7 +177,7 @@ class Scratch {
 };
 
 // A sense-reversing barrier that spins (the wait is a few microseconds: one step of the other threads) and yields
-// after a while, so an oversubscribed machine still makes progress.
+// after ~2000 pauses (~50-100 us), so an oversubscribed machine still makes progress.
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
@@ -190,7 +190,7 @@ class Barrier {
       return;
     }
     for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < 20000) {
+      if (spins < 2000) {
         LSTM_JAX_PAUSE();
       } else {
         std::this_thread::yield();
@@ -376,7 +376,10 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
                         float* dc0, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;  // units: dz, dW columns, dh, dc
-  const int input_blocks = (I + kUnits - 1) / kUnits;
+  // Gradients nobody asked for (null outputs: the caller differentiates neither the inputs nor the weights) are
+  // not computed: dx is a quarter of the backward's matmul work, the weight gradients another third.
+  const bool weight_grads = d_w_ih != nullptr;
+  const int input_blocks = d_xs == nullptr ? 0 : (I + kUnits - 1) / kUnits;
   const int i0 = input_blocks * p / P, i1 = input_blocks * (p + 1) / P;  // this thread's share of dx
   const int own = u1 - u0, inputs = i1 - i0;
   // Panels of [W_hh; W_ih]^T: an output block (16 units of h, or 16 inputs of x) holds, for every gate column n,
@@ -390,7 +393,9 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   for (int u = u0; u < u1; ++u) pack(u - u0, w_hh, u * kUnits, s.units(u));
   for (int i = i0; i < i1; ++i) pack(own + i - i0, w_ih, i * kUnits, std::min(kUnits, I - i * kUnits));
   // This thread's columns of dW_ih, dW_hh and db, as [rows][64] per unit block.
-  Scratch dw_ih(static_cast<size_t>(own) * I * 64), dw_hh(static_cast<size_t>(own) * H * 64), db(own * 64);
+  const int gradient_rows = weight_grads ? own : 0;
+  Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64), dw_hh(static_cast<size_t>(gradient_rows) * H * 64);
+  Scratch db(gradient_rows * 64);
   Scratch dz_own(static_cast<size_t>(own) * B * 64);  // this step's dz of this thread's blocks
   // state = [dh, dc (B x Hp each), dz of two steps (B x 4H each)], shared by the group.
   float* dh = state[0].data();
@@ -444,7 +449,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
         store(dc + row * Hp + unit, dc_total * f);
       }
     }
-    for (int u = u0; u < u1; ++u) {  // dW[:, this thread's columns] += [x_t, h_{t-1}]^T dz_t, db += sum dz_t
+    for (int u = u0; weight_grads && u < u1; ++u) {  // dW[:, own columns] += [x_t, h_{t-1}]^T dz_t, db += sum dz_t
       const float* z = &dz_own[static_cast<size_t>(u - u0) * B * 64];
       accumulate_outer(x_rows.data(), I, B, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
       accumulate_outer(h_rows.data(), H, B, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64]);
@@ -456,7 +461,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     }
     barrier.wait();
     // Phase 2: [dh_{t-1} | dx_t] = dz_t @ [W_hh; W_ih]^T for this thread's output blocks, up to four per tile.
-    float* dx_t = d_xs + static_cast<size_t>(t) * B * I;
+    float* dx_t = d_xs == nullptr ? nullptr : d_xs + static_cast<size_t>(t) * B * I;
     auto project = [&](int slots_begin, int slots_end, bool hidden) {
       for (int first = slots_begin; first < slots_end; first += 4) {
         const int nv = std::min(4, slots_end - first);
@@ -499,7 +504,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       std::memcpy(dh0 + row * H + u * kUnits, dh + offset, sizeof(float) * n);
       std::memcpy(dc0 + row * H + u * kUnits, dc + offset, sizeof(float) * n);
     }
-  for (int u = u0; u < u1; ++u)  // this thread's columns of the weight gradients, back to (rows, 4H)
+  for (int u = u0; weight_grads && u < u1; ++u)  // this thread's columns of the weight gradients, to (rows, 4H)
     for (int q = 0; q < 4; ++q) {
       const int n = s.units(u), column = q * H + u * kUnits;
       const size_t block = static_cast<size_t>(u - u0);
@@ -573,10 +578,15 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
     if (!has_dims(one->dimensions(), {D, B, H}))
       return ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)");
   if (!has_dims(w_ih.dimensions(), {D, I, 4 * H}) || !has_dims(w_hh.dimensions(), {D, H, 4 * H}) ||
-      !has_dims(acts.dimensions(), {D, T, B, 4 * H}) || !has_dims(lengths.dimensions(), {B}) ||
-      !has_dims(d_xs->dimensions(), {D, T, B, I}) || !has_dims(d_b->dimensions(), {D, 4 * H}))
+      !has_dims(acts.dimensions(), {D, T, B, 4 * H}) || !has_dims(lengths.dimensions(), {B}))
     return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
                                        " w_hh " + dims_text(w_hh.dimensions()));
+  // Empty outputs: that gradient is not wanted.
+  const bool input_grad = d_xs->element_count() > 0, weight_grad = d_w_ih->element_count() > 0;
+  if ((input_grad && !has_dims(d_xs->dimensions(), {D, T, B, I})) ||
+      (weight_grad && (!has_dims(d_w_ih->dimensions(), {D, I, 4 * H}) || !has_dims(d_w_hh->dimensions(), {D, H, 4 * H}) ||
+                       !has_dims(d_b->dimensions(), {D, 4 * H}))))
+    return ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs");
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
   std::vector<Scratch> state;
   state.reserve(D * 4);
@@ -593,8 +603,10 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
                        h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * seq,
                        acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * seq,
                        dh_last.typed_data() + d * one, dc_last.typed_data() + d * one,
-                       d_xs->typed_data() + static_cast<size_t>(d) * T * B * I, d_w_ih->typed_data() + d * I * 4 * H,
-                       d_w_hh->typed_data() + d * H * 4 * H, d_b->typed_data() + d * 4 * H,
+                       input_grad ? d_xs->typed_data() + static_cast<size_t>(d) * T * B * I : nullptr,
+                       weight_grad ? d_w_ih->typed_data() + d * I * 4 * H : nullptr,
+                       weight_grad ? d_w_hh->typed_data() + d * H * 4 * H : nullptr,
+                       weight_grad ? d_b->typed_data() + d * 4 * H : nullptr,
                        dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 4]);
   });
   return ffi::Error::Success();
@@ -634,10 +646,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d h_T (D, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d c_T (D, B, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs per direction (D, T, B, I)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih (D, I, 4H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (D, H, 4H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (D, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d xs per direction (D, T, B, I), or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih (D, I, 4H), or empty: no weight grads
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (D, H, 4H), or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (D, 4H), or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h0 (D, B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c0 (D, B, H)
                                   .Attr<int64_t>("reverse_bits")

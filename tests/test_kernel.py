@@ -1,0 +1,171 @@
+"""The fused CPU kernel (Impl.KERNEL, lstm_jax/_kernel): that it is built and actually runs, its values and gradients
+against the reference path on shapes that exercise every remainder of its tiling, its thread splits, and the
+fallbacks where it does not apply. Parity with the naive reference and PyTorch is in test_impls.py (every path)."""
+
+import concurrent.futures
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import random_initial_state, random_normal, random_params
+
+import lstm_jax
+from lstm_jax import _kernel
+
+
+def _targets(fn, *args):
+    """The FFI targets a function's jaxpr calls (forward and, under grad, backward)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return {name for name in ("lstm_jax_forward", "lstm_jax_backward") if name in text}
+
+
+def test_kernel_is_built_and_registered_here():
+    # CI has a C++ compiler: if the build broke, every kernel test below would silently test the fallback.
+    available, why = _kernel.status()
+    assert available, why
+    assert _kernel.available()
+
+
+def _loss_and_grads(impl, params, xs, state, lengths, coefficients):
+    def loss(params, xs, state):
+        ys, (h_n, c_n) = lstm_jax.lstm(params, xs, state, seq_lengths=lengths, impl=impl)
+        return jnp.sum(ys * coefficients) + jnp.sum(h_n**2) + jnp.sum(jnp.sin(c_n)), (ys, h_n, c_n)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+
+
+# (T, B, I, H): B not a multiple of the 4-row tile, H not a multiple of the 16-unit block, I + H and 4H across the
+# 128-row chunks (the x/h boundary inside a chunk), one unit block only (a second thread has nothing to do), T = 1.
+SHAPES = [(5, 5, 6, 20), (4, 6, 100, 40), (3, 1, 3, 7), (1, 4, 16, 16)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_kernel_matches_reference_path(shape, bidirectional, tol):
+    T, B, I, H = shape
+    rng = np.random.default_rng(sum(shape))
+    params = random_params(rng, lstm_jax.init_lstm, I, H, num_layers=2, bidirectional=bidirectional)
+    xs = random_normal(rng, (T, B, I))
+    state = random_initial_state(rng, params, B)
+    lengths = jnp.asarray(rng.integers(1, T + 1, size=B))
+    D = 2 if bidirectional else 1
+    coefficients = random_normal(rng, (T, B, D * H))
+    assert _targets(lambda p, x, s: jax.grad(lambda p: lstm_jax.lstm(p, x, s, impl="kernel")[0].sum())(p), params,
+                    xs, state) == {"lstm_jax_forward", "lstm_jax_backward"}  # fmt: skip
+    for seq_lengths in (None, lengths):
+        (_, got), got_grads = _loss_and_grads("kernel", params, xs, state, seq_lengths, coefficients)
+        (_, want), want_grads = _loss_and_grads("scan", params, xs, state, seq_lengths, coefficients)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, **tol["float32"])
+        for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+            np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_any_thread_count_gives_the_same_results(threads, monkeypatch, tol):
+    """One thread runs both directions in turn; three split 4 unit blocks unevenly (and 2 directions as 2 + 1)."""
+    T, B, I, H = 4, 3, 5, 64
+    rng = np.random.default_rng(threads)
+    params = random_params(rng, lstm_jax.init_lstm, I, H, bidirectional=True)
+    xs = random_normal(rng, (T, B, I))
+    lengths = jnp.array([4, 2, 1])
+    coefficients = random_normal(rng, (T, B, 2 * H))
+    (_, want), want_grads = _loss_and_grads("scan", params, xs, None, lengths, coefficients)
+    monkeypatch.setattr(_kernel, "_threads", lambda: threads)
+    (_, got), got_grads = _loss_and_grads("kernel", params, xs, None, lengths, coefficients)
+    for g, w in zip(jax.tree.leaves((got, got_grads)), jax.tree.leaves((want, want_grads)), strict=True):
+        np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
+def test_concurrent_calls_and_vmap_agree_with_one_at_a_time():
+    """Calls from several Python threads at once share nothing (the scratch pool hands each its own buffers), and
+    jax.vmap runs the kernel once per batch element."""
+    rng = np.random.default_rng(7)
+    params = random_params(rng, lstm_jax.init_lstm, 8, 24)
+    batches = jnp.stack([random_normal(rng, (6, 5, 8)) for _ in range(4)])
+    run = jax.jit(lambda xs: lstm_jax.lstm(params, xs)[0])
+    one_at_a_time = [np.asarray(run(xs)) for xs in batches]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda xs: np.asarray(run(xs)), batches))
+    vmapped = jax.jit(jax.vmap(lambda xs: lstm_jax.lstm(params, xs)[0]))(batches)
+    for i, want in enumerate(one_at_a_time):
+        np.testing.assert_array_equal(together[i], want)
+        np.testing.assert_array_equal(vmapped[i], want)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(kwargs=dict(proj_size=3)),
+        dict(kwargs=dict(peephole=True)),
+        dict(dtype=jnp.float64),
+        dict(matmul_dtype=jnp.bfloat16),
+    ],
+    ids=["projection", "peephole", "float64", "bf16"],
+)
+def test_falls_back_where_it_does_not_apply(case):
+    with jax.enable_x64(case.get("dtype") == jnp.float64):
+        rng = np.random.default_rng(3)
+        params = random_params(rng, lstm_jax.init_lstm, 4, 6, **case.get("kwargs", {}))
+        xs = random_normal(rng, (3, 2, 4))
+        if "dtype" in case:
+            params, xs = jax.tree.map(lambda a: a.astype(case["dtype"]), (params, xs))
+
+        def run(impl):
+            return lstm_jax.lstm(params, xs, impl=impl, matmul_dtype=case.get("matmul_dtype"))[0]
+
+        assert not _targets(lambda: run("kernel"))
+        np.testing.assert_array_equal(jax.jit(lambda: run("kernel"))(), jax.jit(lambda: run("bptt"))())
+
+
+def test_unavailable_kernel_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("LSTM_JAX_KERNEL", "0")
+    assert _kernel._load() == (False, "turned off by LSTM_JAX_KERNEL=0")
+    monkeypatch.delenv("LSTM_JAX_KERNEL")
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    available, why = _kernel._load()
+    assert not available and "no C++ compiler found" in why
+    monkeypatch.setenv("CXX", "false")  # found, but fails
+    available, why = _kernel._load()
+    assert not available and "could not be built" in why
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_unavailable_kernel_falls_back_to_bptt(monkeypatch):
+    rng = np.random.default_rng(5)
+    params = random_params(rng, lstm_jax.init_lstm, 4, 6, bidirectional=True)
+    xs = random_normal(rng, (3, 2, 4))
+    monkeypatch.setattr(_kernel, "_status", (False, "test"))
+    assert not _targets(lambda: lstm_jax.lstm(params, xs, impl="kernel")[0])
+    with pytest.raises(RuntimeError, match="kernel is not available: test"):
+        zeros = jnp.zeros((2, 6))
+        _kernel.lstm_direction(params[0][0], lstm_jax.LSTMState(zeros, zeros), xs)
+
+
+@pytest.mark.parametrize("wrt", ["params", "xs", "state"])
+def test_gradients_nobody_asked_for_are_skipped(wrt, tol):
+    """Differentiating only some arguments: the others' gradients are not formed (empty kernel outputs, e.g. no
+    ∂x when training on data), and the ones asked for still match the reference path."""
+    T, B, I, H = 5, 3, 4, 20
+    rng = np.random.default_rng(11)
+    params = random_params(rng, lstm_jax.init_lstm, I, H, num_layers=2, bidirectional=True)
+    xs = random_normal(rng, (T, B, I))
+    state = random_initial_state(rng, params, B)
+    argnum = ["params", "xs", "state"].index(wrt)
+
+    def grad(impl):
+        def loss(*args):
+            ys, (h_n, _) = lstm_jax.lstm(*args, impl=impl)
+            return jnp.sum(ys**2) + jnp.sum(h_n)
+
+        return jax.grad(loss, argnums=argnum)
+
+    text = str(jax.make_jaxpr(grad("kernel"))(params, xs, state))
+    # Only the first layer reads xs; the second's input is the first's output, which depends on the params.
+    assert ("f32[2,0,0,0]" in text) == (wrt != "xs")  # no ∂x for layer 1 unless xs is differentiated
+    assert ("f32[2,0,0]" in text) == (wrt != "params")  # no weight gradients unless the params are
+    got, want = jax.jit(grad("kernel"))(params, xs, state), jax.jit(grad("scan"))(params, xs, state)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, **tol["float32_grad"])
