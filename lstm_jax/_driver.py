@@ -64,7 +64,12 @@ def run_direction(
     """The seam: runs one direction of one layer with the path ``impl`` names, where it applies."""
     if impl is Impl.KERNEL and cell_step is lstm_cell and _kernel.supports(weights, carry, xs):
         return _kernel.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
-    if impl in (Impl.BPTT, Impl.KERNEL) and cell_step is lstm_cell and _bptt.supports(weights) and isinstance(xs, jax.Array):
+    if (
+        impl in (Impl.BPTT, Impl.KERNEL)
+        and cell_step is lstm_cell
+        and _bptt.supports(weights)
+        and isinstance(xs, jax.Array)
+    ):
         return _bptt.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
 
     def step(carry, x):

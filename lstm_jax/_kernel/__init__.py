@@ -154,7 +154,9 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save):
         f32((D, *saved)),
         f32((D, *saved[:2], 4 * saved[2])),
     )
-    return _call("lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths, reverse_bits=reverse_bits, masked=masked)
+    return _call(
+        "lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths, reverse_bits=reverse_bits, masked=masked
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
