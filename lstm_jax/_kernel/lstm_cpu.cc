@@ -139,7 +139,14 @@ inline void tile_any(int mr, int nv, const float* a, long lda, int n, const floa
 // between calls running at the same time.
 class Scratch {
  public:
-  explicit Scratch(size_t size) : buffer_(take(size)) { buffer_->assign(size, 0.f); }
+  // zeroed = false: the caller writes every element it reads (a reused buffer holds the last call's numbers).
+  explicit Scratch(size_t size, bool zeroed = true) : buffer_(take(size)) {
+    if (zeroed) {
+      buffer_->assign(size, 0.f);
+    } else {
+      buffer_->resize(size);
+    }
+  }
   Scratch(Scratch&& other) noexcept = default;
   ~Scratch() {
     if (buffer_ == nullptr) return;
@@ -241,13 +248,14 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;
   // This thread's panels: block u holds rows k of [W_ih; W_hh] at columns q*H + unit, as [K][4 gates x 16 units].
   // Packed row by row: the weights are read in their own (row-major) order.
-  Scratch panels(static_cast<size_t>(u1 - u0) * K * 64), panel_bias((u1 - u0) * 64);
+  // Zeroed only where a partial last block leaves padding columns that packing does not write.
+  Scratch panels(static_cast<size_t>(u1 - u0) * K * 64, H % kUnits != 0), panel_bias((u1 - u0) * 64);
   for (int k = 0; k < K; ++k) {
     const float* w_row = k < I ? w_ih + static_cast<size_t>(k) * 4 * H : w_hh + static_cast<size_t>(k - I) * 4 * H;
     for (int u = u0; u < u1; ++u)
       for (int q = 0; q < 4; ++q)
-        std::memcpy(&panels[(static_cast<size_t>(u - u0) * K + k) * 64 + q * kUnits], w_row + q * H + u * kUnits,
-                    sizeof(float) * s.units(u));
+        store_n(&panels[(static_cast<size_t>(u - u0) * K + k) * 64 + q * kUnits],
+                load_n(w_row + q * H + u * kUnits, s.units(u)), s.units(u));
   }
   for (int u = u0; u < u1; ++u)
     for (int q = 0; q < 4; ++q)
@@ -263,7 +271,7 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
       std::memcpy(c_state + offset, c0 + row * H + u * kUnits, sizeof(float) * n);
     }
   barrier.wait();
-  Scratch partial(static_cast<size_t>(B + kRows) * 64);  // z of one block between K chunks
+  Scratch partial(static_cast<size_t>(B + kRows) * 64, false);  // z of one block between K chunks
   for (int step = 0; step < T; ++step) {
     const int t = reverse ? T - 1 - step : step;
     const float* x = xs + static_cast<size_t>(t) * B * I;
@@ -384,10 +392,10 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   const int own = u1 - u0, inputs = i1 - i0;
   // Panels of [W_hh; W_ih]^T: an output block (16 units of h, or 16 inputs of x) holds, for every gate column n,
   // its 16 weights, [4H][16]; this thread's dh blocks first, then its dx blocks.
-  Scratch panels(static_cast<size_t>(own + inputs) * G * kUnits);
+  Scratch panels(static_cast<size_t>(own + inputs) * G * kUnits, H % kUnits != 0 || I % kUnits != 0);
   auto pack = [&](int slot, const float* w, int first, int count) {
-    for (int j = 0; j < count; ++j)
-      for (int n = 0; n < G; ++n)
+    for (int n = 0; n < G; ++n)  // writes in order; the reads are count sequential streams
+      for (int j = 0; j < count; ++j)
         panels[(static_cast<size_t>(slot) * G + n) * kUnits + j] = w[static_cast<size_t>(first + j) * G + n];
   };
   for (int u = u0; u < u1; ++u) pack(u - u0, w_hh, u * kUnits, s.units(u));
@@ -396,7 +404,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   const int gradient_rows = weight_grads ? own : 0;
   Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64), dw_hh(static_cast<size_t>(gradient_rows) * H * 64);
   Scratch db(gradient_rows * 64);
-  Scratch dz_own(static_cast<size_t>(own) * B * 64);  // this step's dz of this thread's blocks
+  Scratch dz_own(static_cast<size_t>(own) * B * 64, false);  // this step's dz of this thread's blocks
   // state = [dh, dc (B x Hp each), dz of two steps (B x 4H each)], shared by the group.
   float* dh = state[0].data();
   float* dc = state[1].data();
@@ -408,7 +416,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       std::memcpy(dc + offset, dc_last + row * H + u * kUnits, sizeof(float) * n);
     }
   std::vector<const float*> x_rows(B), h_rows(B);
-  Scratch partial(static_cast<size_t>(B + kRows) * 4 * kUnits);
+  Scratch partial(static_cast<size_t>(B + kRows) * 4 * kUnits, false);
   for (int step = 0; step < T; ++step) {
     const int t = reverse ? step : T - 1 - step;
     const int t_before = reverse ? t + 1 : t - 1;  // the step this one started from
