@@ -23,8 +23,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -184,26 +186,37 @@ class Scratch {
 };
 
 // A sense-reversing barrier that spins (the wait is a few microseconds: one step of the other threads) and yields
-// after ~2000 pauses (~50-100 us), so an oversubscribed machine still makes progress.
+// after a millisecond, so an oversubscribed machine still makes progress.
 class Barrier {
  public:
   explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    if (n_ == 1) return;
+  // Split in two, so a thread can do work that does not depend on the others between arriving and waiting:
+  // a fuzzy barrier, which hides the threads' skew behind that work.
+  int arrive() {
     const int generation = generation_.load(std::memory_order_acquire);
     if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
       count_.store(0, std::memory_order_relaxed);
       generation_.store(generation + 1, std::memory_order_release);
-      return;
     }
+    return generation;
+  }
+  void wait(int generation) {
+    // Spin for up to ~1 ms (a yield can cost a whole scheduler time slice), then yield between checks.
+    auto deadline = std::chrono::steady_clock::time_point::max();
     for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < 2000) {
+      if ((spins & 255) != 255) {
         LSTM_JAX_PAUSE();
-      } else {
+        continue;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      if (deadline == std::chrono::steady_clock::time_point::max()) {
+        deadline = now + std::chrono::milliseconds(1);
+      } else if (now > deadline) {
         std::this_thread::yield();
       }
     }
   }
+  void wait() { wait(arrive()); }
 
  private:
   const int n_;
@@ -220,24 +233,62 @@ struct Shape {
 
 // Runs work(direction, thread_in_group, threads_in_group, barrier) for every direction: directions are spread over
 // groups of threads that run at the same time; a group runs its directions one after the other.
+//
+// The calling thread is one participant. The others run on XLA's own intra-op thread pool when one of its workers
+// picks the task up promptly: those workers otherwise spin for a while looking for work, and on a machine with as
+// many cores as participants a freshly spawned thread would compete with them for a core (measured: a third of a
+// short call spent at the barrier). A participant that no worker has claimed within 200 us runs on a thread of
+// its own instead, so the call never depends on the pool having a free worker.
 template <typename Work>
-void run_threads(int directions, int threads, int blocks, Work work) {
+void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, Work work) {
   const int groups = std::max(1, std::min(directions, threads));
   std::vector<int> group_threads(groups);
   for (int g = 0; g < groups; ++g)
     group_threads[g] = std::max(1, std::min(blocks, threads / groups + (g < threads % groups ? 1 : 0)));
-  std::vector<Barrier*> barriers;
-  for (int g = 0; g < groups; ++g) barriers.push_back(new Barrier(group_threads[g]));
-  auto body = [&](int g, int p) {
+  std::vector<std::unique_ptr<Barrier>> barriers;
+  for (int g = 0; g < groups; ++g) barriers.push_back(std::make_unique<Barrier>(group_threads[g]));
+  std::function<void(int, int)> body = [&](int g, int p) {
     for (int d = g; d < directions; d += groups) work(d, p, group_threads[g], *barriers[g]);
   };
-  std::vector<std::thread> pool;
+  // A participant's task: whoever claims it first (a pool worker or a fallback thread) runs it; a pool task that
+  // starts after the fallback has claimed it only drops its reference, so the shared state outlives both.
+  struct Participant {
+    std::atomic<bool> claimed{false};
+    std::atomic<bool> done{false};
+    std::function<void(int, int)>* body = nullptr;
+    int g = 0, p = 0;
+    void run() {
+      if (claimed.exchange(true, std::memory_order_acq_rel)) return;
+      (*body)(g, p);
+      done.store(true, std::memory_order_release);
+    }
+  };
+  std::vector<std::shared_ptr<Participant>> participants;
   for (int g = 0; g < groups; ++g)
     for (int p = 0; p < group_threads[g]; ++p)
-      if (g || p) pool.emplace_back(body, g, p);
+      if (g || p) {
+        auto participant = std::make_shared<Participant>();
+        participant->body = &body;
+        participant->g = g;
+        participant->p = p;
+        participants.push_back(participant);
+      }
+  const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
+  if (use_pool)
+    for (auto& participant : participants) xla_pool->Schedule([participant] { participant->run(); });
+  std::vector<std::thread> fallback;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
+  for (auto& participant : participants) {
+    while (!participant->claimed.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
+      LSTM_JAX_PAUSE();
+    if (!participant->claimed.load(std::memory_order_acquire))
+      fallback.emplace_back([participant] { participant->run(); });
+  }
   body(0, 0);
-  for (auto& thread : pool) thread.join();
-  for (auto* barrier : barriers) delete barrier;
+  for (auto& thread : fallback) thread.join();
+  for (auto& participant : participants)
+    for (int spins = 0; !participant->done.load(std::memory_order_acquire); ++spins)
+      if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
 }
 
 // The forward pass of one direction, on thread p of a group of P.
@@ -270,36 +321,54 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
       std::memcpy(h_buffers[0] + offset, h0 + row * H + u * kUnits, sizeof(float) * n);
       std::memcpy(c_state + offset, c0 + row * H + u * kUnits, sizeof(float) * n);
     }
-  barrier.wait();
+  // z = b + x_t W_ih does not depend on the other threads: each thread computes it for the next step between
+  // arriving at the step's barrier and waiting on it, and only the h_{t-1} W_hh part waits for the others.
+  Scratch z_input(static_cast<size_t>(u1 - u0) * B * 64, false);
   Scratch partial(static_cast<size_t>(B + kRows) * 64, false);  // z of one block between K chunks
-  for (int step = 0; step < T; ++step) {
-    const int t = reverse ? T - 1 - step : step;
+  auto input_part = [&](int t) {
     const float* x = xs + static_cast<size_t>(t) * B * I;
-    const float* h = h_buffers[step & 1];
-    float* h_next = h_buffers[(step + 1) & 1];
     for (int u = u0; u < u1; ++u) {
       const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
-      const int n = s.units(u);
-      for (int k0 = 0; k0 < K; k0 += kChunk) {
-        const int k1 = std::min(K, k0 + kChunk);
+      float* z = &z_input[static_cast<size_t>(u - u0) * B * 64];
+      for (int k0 = 0; k0 < I; k0 += kChunk) {
+        const int k1 = std::min(I, k0 + kChunk);
+        const float* wk = panel + static_cast<size_t>(k0) * 64;
+        const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
         for (int r0 = 0; r0 < B; r0 += kRows) {
           const int mr = std::min(kRows, B - r0);
           v16 acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(k0 == 0 ? &panel_bias[(u - u0) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
-          if (k0 < I) {  // the x_t part of [x_t, h_{t-1}]
-            const int kb = std::min(k1, I);
-            const float* wk = panel + static_cast<size_t>(k0) * 64;
-            const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-            tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, kb - k0, cols, 64, acc);
-          }
-          if (k1 > I) {  // the h_{t-1} part
-            const int ka = std::max(k0, I);
-            const float* wk = panel + static_cast<size_t>(ka) * 64;
-            const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-            tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (ka - I), Hp, k1 - ka, cols, 64, acc);
-          }
+              acc[r][q] = load(k0 == 0 ? &panel_bias[(u - u0) * 64 + q * kUnits] : &z[(r0 + r) * 64 + q * kUnits]);
+          tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, 64, acc);
+          for (int r = 0; r < mr; ++r)
+            for (int q = 0; q < 4; ++q) store(&z[(r0 + r) * 64 + q * kUnits], acc[r][q]);
+        }
+      }
+    }
+  };
+  const int arrived = barrier.arrive();  // the initial h is complete once everyone has written its units
+  input_part(reverse ? T - 1 : 0);
+  barrier.wait(arrived);
+  for (int step = 0; step < T; ++step) {
+    const int t = reverse ? T - 1 - step : step;
+    const float* h = h_buffers[step & 1];
+    float* h_next = h_buffers[(step + 1) & 1];
+    for (int u = u0; u < u1; ++u) {
+      const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
+      const float* z = &z_input[static_cast<size_t>(u - u0) * B * 64];
+      const int n = s.units(u);
+      for (int k0 = I; k0 < K; k0 += kChunk) {  // the h_{t-1} part of [x_t, h_{t-1}]
+        const int k1 = std::min(K, k0 + kChunk);
+        const float* wk = panel + static_cast<size_t>(k0) * 64;
+        const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+        for (int r0 = 0; r0 < B; r0 += kRows) {
+          const int mr = std::min(kRows, B - r0);
+          v16 acc[kRows][4];
+          for (int r = 0; r < mr; ++r)
+            for (int q = 0; q < 4; ++q)
+              acc[r][q] = load(k0 == I ? &z[(r0 + r) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
+          tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (k0 - I), Hp, k1 - k0, cols, 64, acc);
           if (k1 < K) {
             for (int r = 0; r < mr; ++r)
               for (int q = 0; q < 4; ++q) store(&partial[(r0 + r) * 64 + q * kUnits], acc[r][q]);
@@ -333,7 +402,12 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
         }
       }
     }
-    barrier.wait();
+    // h_t is written: arrive, then compute the next step's input part while the others finish theirs. The h
+    // buffers stay safe: a thread writes h_{t+1} into this step's input buffer only after everyone has arrived,
+    // that is, finished reading it.
+    const int generation = barrier.arrive();
+    if (step + 1 < T) input_part(reverse ? t - 1 : t + 1);
+    barrier.wait(generation);
   }
   const float* h = h_buffers[T & 1];
   for (int row = 0; row < B; ++row)
@@ -405,10 +479,12 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64), dw_hh(static_cast<size_t>(gradient_rows) * H * 64);
   Scratch db(gradient_rows * 64);
   Scratch dz_own(static_cast<size_t>(own) * B * 64, false);  // this step's dz of this thread's blocks
-  // state = [dh, dc (B x Hp each), dz of two steps (B x 4H each)], shared by the group.
+  // state = [dh, dc (B x Hp each), dz of three steps (B x 4H each)], shared by the group.
   float* dh = state[0].data();
   float* dc = state[1].data();
-  float* dz_buffers[2] = {state[2].data(), state[3].data()};
+  // Three dz buffers: dz_t is read by phase 2 of its step and, for dx, during the next step, while the fastest
+  // thread may already write dz of the step after that.
+  float* dz_buffers[3] = {state[2].data(), state[3].data(), state[4].data()};
   for (int row = 0; row < B; ++row)
     for (int u = u0; u < u1; ++u) {
       const int n = s.units(u), offset = row * Hp + u * kUnits;
@@ -417,11 +493,45 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     }
   std::vector<const float*> x_rows(B), h_rows(B);
   Scratch partial(static_cast<size_t>(B + kRows) * 4 * kUnits, false);
+  // Phase 2: [dh_{t-1} | dx_t] = dz_t @ [W_hh; W_ih]^T for this thread's output blocks, up to four per tile.
+  auto project = [&](const float* z_t, int t, int slots_begin, int slots_end, bool hidden) {
+    float* dx_t = hidden ? nullptr : d_xs + static_cast<size_t>(t) * B * I;
+    for (int first = slots_begin; first < slots_end; first += 4) {
+      const int nv = std::min(4, slots_end - first);
+      for (int k0 = 0; k0 < G; k0 += kChunk) {
+        const int k1 = std::min(G, k0 + kChunk);
+        const float* cols[4];
+        for (int v = 0; v < nv; ++v) cols[v] = &panels[(static_cast<size_t>(first + v) * G + k0) * kUnits];
+        for (int r0 = 0; r0 < B; r0 += kRows) {
+          const int mr = std::min(kRows, B - r0);
+          v16 acc[kRows][4];
+          for (int r = 0; r < mr; ++r)
+            for (int v = 0; v < nv; ++v)
+              acc[r][v] = k0 == 0 ? splat(0.f) : load(&partial[((r0 + r) * 4 + v) * kUnits]);
+          tile_any(mr, nv, z_t + static_cast<size_t>(r0) * G + k0, G, k1 - k0, cols, kUnits, acc);
+          for (int r = 0; r < mr; ++r) {
+            const int row = r0 + r;
+            if (k1 < G) {
+              for (int v = 0; v < nv; ++v) store(&partial[(row * 4 + v) * kUnits], acc[r][v]);
+            } else if (hidden) {  // dh of an invalid row passes through unchanged
+              if (lengths == nullptr || t < lengths[row])
+                for (int v = 0; v < nv; ++v) store(dh + row * Hp + (u0 + first + v) * kUnits, acc[r][v]);
+            } else {
+              for (int v = 0; v < nv; ++v) {
+                const int block = i0 + first + v - own;
+                store_n(dx_t + row * I + block * kUnits, acc[r][v], std::min(kUnits, I - block * kUnits));
+              }
+            }
+          }
+        }
+      }
+    }
+  };
   for (int step = 0; step < T; ++step) {
     const int t = reverse ? step : T - 1 - step;
     const int t_before = reverse ? t + 1 : t - 1;  // the step this one started from
     const bool first_step = t_before < 0 || t_before >= T;
-    float* z_t = dz_buffers[step & 1];
+    float* z_t = dz_buffers[step % 3];
     // Phase 1: dz_t and dc_{t-1} for this thread's units.
     for (int row = 0; row < B; ++row) {
       const bool valid = lengths == nullptr || t < lengths[row];
@@ -457,6 +567,9 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
         store(dc + row * Hp + unit, dc_total * f);
       }
     }
+    // dz_t of this thread's units is written: arrive, then do what needs no other thread's dz_t while the others
+    // finish theirs (a fuzzy barrier): this step's weight-gradient update and the previous step's dx.
+    const int generation = barrier.arrive();
     for (int u = u0; weight_grads && u < u1; ++u) {  // dW[:, own columns] += [x_t, h_{t-1}]^T dz_t, db += sum dz_t
       const float* z = &dz_own[static_cast<size_t>(u - u0) * B * 64];
       accumulate_outer(x_rows.data(), I, B, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
@@ -467,45 +580,12 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
           store(sum, load(sum) + load(z + row * 64 + q * kUnits));
         }
     }
-    barrier.wait();
-    // Phase 2: [dh_{t-1} | dx_t] = dz_t @ [W_hh; W_ih]^T for this thread's output blocks, up to four per tile.
-    float* dx_t = d_xs == nullptr ? nullptr : d_xs + static_cast<size_t>(t) * B * I;
-    auto project = [&](int slots_begin, int slots_end, bool hidden) {
-      for (int first = slots_begin; first < slots_end; first += 4) {
-        const int nv = std::min(4, slots_end - first);
-        for (int k0 = 0; k0 < G; k0 += kChunk) {
-          const int k1 = std::min(G, k0 + kChunk);
-          const float* cols[4];
-          for (int v = 0; v < nv; ++v) cols[v] = &panels[(static_cast<size_t>(first + v) * G + k0) * kUnits];
-          for (int r0 = 0; r0 < B; r0 += kRows) {
-            const int mr = std::min(kRows, B - r0);
-            v16 acc[kRows][4];
-            for (int r = 0; r < mr; ++r)
-              for (int v = 0; v < nv; ++v)
-                acc[r][v] = k0 == 0 ? splat(0.f) : load(&partial[((r0 + r) * 4 + v) * kUnits]);
-            tile_any(mr, nv, z_t + static_cast<size_t>(r0) * G + k0, G, k1 - k0, cols, kUnits, acc);
-            for (int r = 0; r < mr; ++r) {
-              const int row = r0 + r;
-              if (k1 < G) {
-                for (int v = 0; v < nv; ++v) store(&partial[(row * 4 + v) * kUnits], acc[r][v]);
-              } else if (hidden) {  // dh of an invalid row passes through unchanged
-                if (lengths == nullptr || t < lengths[row])
-                  for (int v = 0; v < nv; ++v) store(dh + row * Hp + (u0 + first + v) * kUnits, acc[r][v]);
-              } else {
-                for (int v = 0; v < nv; ++v) {
-                  const int block = i0 + first + v - own;
-                  store_n(dx_t + row * I + block * kUnits, acc[r][v], std::min(kUnits, I - block * kUnits));
-                }
-              }
-            }
-          }
-        }
-      }
-    };
-    project(0, own, true);
-    project(own, own + inputs, false);
-    // No second barrier: the next phase 1 reads only this thread's units of dh and dc, and writes the other dz buffer.
+    if (step > 0) project(dz_buffers[(step - 1) % 3], reverse ? t - 1 : t + 1, own, own + inputs, false);
+    barrier.wait(generation);
+    project(z_t, t, 0, own, true);
+    // No second barrier: the next phase 1 reads only this thread's units of dh and dc, and writes another dz buffer.
   }
+  if (T > 0) project(dz_buffers[(T - 1) % 3], reverse ? T - 1 : 0, own, own + inputs, false);
   for (int row = 0; row < B; ++row)
     for (int u = u0; u < u1; ++u) {
       const int n = s.units(u), offset = row * Hp + u * kUnits;
@@ -539,7 +619,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Bu
                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths,
                    ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last, ffi::ResultBuffer<ffi::F32> c_last,
                    ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts, int64_t reverse_bits, bool masked,
-                   int64_t threads) {
+                   int64_t threads, ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
     return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
@@ -556,7 +636,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Bu
   state.reserve(D * 3);
   for (int64_t i = 0; i < D * 3; ++i) state.emplace_back(static_cast<size_t>(B) * s.padded());
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
-  run_threads(D, static_cast<int>(threads), s.blocks(), [&](int d, int p, int P, Barrier& barrier) {
+  run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
     forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
                       xs.typed_data(), w_ih.typed_data() + static_cast<size_t>(d) * I * 4 * H,
                       w_hh.typed_data() + static_cast<size_t>(d) * H * 4 * H,
@@ -574,7 +654,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
                     ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> lengths,
                     ffi::ResultBuffer<ffi::F32> d_xs, ffi::ResultBuffer<ffi::F32> d_w_ih,
                     ffi::ResultBuffer<ffi::F32> d_w_hh, ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> dh0,
-                    ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked, int64_t threads) {
+                    ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked, int64_t threads,
+                    ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
     return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
@@ -597,15 +678,14 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
     return ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs");
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
   std::vector<Scratch> state;
-  state.reserve(D * 4);
+  state.reserve(D * 5);
   for (int64_t d = 0; d < D; ++d) {
     state.emplace_back(static_cast<size_t>(B) * s.padded());  // dh
     state.emplace_back(static_cast<size_t>(B) * s.padded());  // dc
-    state.emplace_back(static_cast<size_t>(B) * 4 * H);  // dz, two steps
-    state.emplace_back(static_cast<size_t>(B) * 4 * H);
+    for (int i = 0; i < 3; ++i) state.emplace_back(static_cast<size_t>(B) * 4 * H);  // dz of three steps
   }
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
-  run_threads(D, static_cast<int>(threads), s.blocks(), [&](int d, int p, int P, Barrier& barrier) {
+  run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
     backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
                        xs.typed_data(), w_ih.typed_data() + d * I * 4 * H, w_hh.typed_data() + d * H * 4 * H,
                        h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * seq,
@@ -615,7 +695,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
                        weight_grad ? d_w_ih->typed_data() + d * I * 4 * H : nullptr,
                        weight_grad ? d_w_hh->typed_data() + d * H * 4 * H : nullptr,
                        weight_grad ? d_b->typed_data() + d * 4 * H : nullptr,
-                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 4]);
+                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 5]);
   });
   return ffi::Error::Success();
 }
@@ -638,7 +718,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForward, Forward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // gate activations (D, T, B, 4H), or empty
                                   .Attr<int64_t>("reverse_bits")
                                   .Attr<bool>("masked")
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                               ffi::Ffi::Bind()
@@ -662,4 +743,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c0 (D, B, H)
                                   .Attr<int64_t>("reverse_bits")
                                   .Attr<bool>("masked")
-                                  .Attr<int64_t>("threads"));
+                                  .Attr<int64_t>("threads")
+                                  .Ctx<ffi::ThreadPool>());
