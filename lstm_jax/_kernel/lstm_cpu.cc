@@ -220,8 +220,9 @@ class Barrier {
 
  private:
   const int n_;
-  std::atomic<int> count_{0};
-  std::atomic<int> generation_{0};
+  // Apart, so the threads spinning on the generation do not slow the last arrival's update of the count.
+  alignas(64) std::atomic<int> count_{0};
+  alignas(64) std::atomic<int> generation_{0};
 };
 
 struct Shape {
