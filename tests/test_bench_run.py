@@ -116,15 +116,17 @@ def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):
 
 
 def test_compare_reads_runs_from_before_bidirectional_as_unidirectional(quick_run, tmp_path, capsys):
+    """... and runs from before settle_s as timed without settling."""
     _, _, doc = quick_run
     old = json.loads(json.dumps(doc))
     del old["config"]["bidirectional"]
+    del old["config"]["settle_s"]
     for row in old["throughput"]:
         del row["bidirectional"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     loaded = load(path)
-    assert loaded["config"]["bidirectional"] is False
+    assert loaded["config"]["bidirectional"] is False and loaded["config"]["settle_s"] == 0.0
     assert all(row["bidirectional"] is False for row in loaded["throughput"])
     assert main(["bench", "--compare", str(path)]) == 0
 
@@ -230,3 +232,18 @@ def test_bidirectional_runs_say_so(quick_run):
     doc["config"].update(num_layers=2, bidirectional=True)
     assert "L=2 bidirectional" in environment_line(doc)
     assert "L=2 bidirectional" in _subtitle(doc)
+
+
+def test_settle_calls_for_at_least_the_given_time():
+    """settle: untimed calls until the time is up, and always at least one (the --quick sweep's settle_s = 0)."""
+    import time as clock
+
+    from lstm_jax.bench._timing import settle
+
+    def call():
+        clock.sleep(0.004)
+
+    assert settle(call, 0.0) == 1
+    start = clock.perf_counter()
+    calls = settle(call, 0.03)
+    assert clock.perf_counter() - start >= 0.03 and 0.03 / 0.004 - 1 <= calls <= 0.03 / 0.004 + 2

@@ -23,6 +23,9 @@ class BenchConfig:
       point_budget_s: a point (T and mode) whose warm-up calls, summed over implementations, say that
         ``repeats`` rounds would take longer than this gets fewer rounds, but never fewer than 3.
       min_time_s: each timed repeat runs enough calls to last at least this long.
+      settle_s: untimed calls of the same implementation before each timed repeat, for at least this long (at
+        least one call), so that threads the previously timed implementation left spinning (torch's OpenMP
+        workers, for tens of milliseconds) do not slow this one down (``lstm_jax.bench._timing.settle``).
       seeds: initialisations averaged by the gradient-norm part.
       grad_batch: sequences per seed in the gradient-norm part (whose I = 32 and H = 64 are fixed: see
         ``lstm_jax.bench._gradnorm.GradNormConfig``).
@@ -40,6 +43,7 @@ class BenchConfig:
     repeats: int = 5
     point_budget_s: float = 40.0
     min_time_s: float = 0.2
+    settle_s: float = 0.08
     seeds: int = 5
     grad_batch: int = 16
     quick: bool = False
@@ -56,6 +60,7 @@ QUICK = BenchConfig(
     repeats=3,
     point_budget_s=5.0,
     min_time_s=0.02,
+    settle_s=0.0,
     seeds=3,
     grad_batch=8,
     quick=True,

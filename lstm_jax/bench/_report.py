@@ -6,8 +6,9 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
 
 * ``schema``: ``"lstm_jax.bench/1"``. ``created``: ISO 8601 local time with offset. ``elapsed_s``: run wall time.
 * ``command``: the argv of the run. ``config``: the exact configuration (sequence lengths, batch, input, hidden,
-  layers, bidirectional, dtype, requested implementations, repeats, minimum time per timing, seeds, quick).
-  Results written before ``bidirectional`` existed lack it; :func:`load` reads them as unidirectional.
+  layers, bidirectional, dtype, requested implementations, repeats, minimum time per timing, settle time before
+  each timing, seeds, quick). Results written before ``bidirectional`` existed lack it; :func:`load` reads them
+  as unidirectional; those written before ``settle_s`` existed did no settling, and :func:`load` records 0.
 * ``environment``: ``platform`` (jax's default backend), ``device_kind``, ``device_count``, ``cpu_model``,
   ``cpu_count``, ``python``, ``jax``, ``jaxlib``, ``flax``, ``torch`` (None when absent), ``torch_threads``,
   ``numpy``, ``lstm_jax``, ``matmul_precision`` (``jax_default_matmul_precision``), ``xla_flags``, ``os``,
@@ -87,6 +88,7 @@ SCHEMA: dict[str, Any] = {
         "repeats": int,
         "point_budget_s": NUMBER,
         "min_time_s": NUMBER,
+        "settle_s": NUMBER,
         "seeds": int,
         "grad_batch": int,
         "quick": bool,
@@ -165,10 +167,13 @@ def write_json(doc: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def load(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads and validates a results JSON; one written before ``bidirectional`` was recorded gets it as False."""
+    """Reads and validates a results JSON; one written before ``bidirectional`` (``settle_s``) was recorded gets it
+    as False (0: no settling)."""
     doc = json.loads(pathlib.Path(path).read_text())
-    # Every run before the field existed was unidirectional.
+    # Every run before the fields existed was unidirectional and timed without settling.
     if isinstance(doc, dict):
+        if isinstance(doc.get("config"), dict):
+            doc["config"].setdefault("settle_s", 0.0)
         for fields in [doc.get("config"), *(doc.get("throughput") or [])]:
             if isinstance(fields, dict):
                 fields.setdefault("bidirectional", False)

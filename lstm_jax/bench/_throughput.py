@@ -4,7 +4,9 @@ For each T and mode, every implementation is built and compiled first (compile t
 called once untimed (warm-up; its time sizes the timings, and the number of rounds where a point would
 otherwise outlast its time budget). The timed repeats then go round the implementations in
 turn, starting each round one implementation further along, so slow drifts of a shared machine (other load,
-thermal limits) fall on all implementations alike rather than on whichever happens to run last. The ratios
+thermal limits) fall on all implementations alike rather than on whichever happens to run last; each timing
+follows ``settle_s`` of untimed calls of the same implementation, so none pays for the threads the previous one
+left spinning. The ratios
 between implementations are therefore more trustworthy than any absolute time.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 from ._config import BenchConfig
 from ._flops import recurrent_flops
 from ._impls import MODES, Implementation, Problem
-from ._timing import calls_per_timing, seconds_per_call, summarise
+from ._timing import calls_per_timing, seconds_per_call, settle, summarise
 
 
 def steps_per_point(config: BenchConfig) -> int:
@@ -92,6 +94,7 @@ def run_throughput(
                 shift = repeat % max(len(ready), 1)
                 for impl, step in ready[shift:] + ready[:shift]:
                     tick(f"T={seq_len} {mode}: {impl.name}, repeat {repeat + 1}/{rounds}", 0)
+                    settle(step.call, config.settle_s)
                     timings[impl.name].append(seconds_per_call(step.call, calls[impl.name]))
                     tick("", 1)
             tick("", (config.repeats - rounds) * len(ready))

@@ -24,6 +24,21 @@ def seconds_per_call(call: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def settle(call: Callable[[], Any], seconds: float) -> int:
+    """Untimed calls, back to back, for at least ``seconds`` (at least one call); returns how many ran.
+
+    Run before each timing so that what the implementation timed before left behind is not billed to this one:
+    torch's OpenMP workers keep spinning for tens of milliseconds after a call, and on a 2-core machine the next
+    call of another library ran 1.6–2.9× its steady time for up to ~60 ms (measured with lstm_jax's kernel after
+    torch's training step).
+    """
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    return calls
+
+
 def calls_per_timing(first_call_s: float, min_time_s: float) -> int:
     """How many calls one timing repeats so that it lasts about ``min_time_s``: short calls are timed in batches,
     whose mean is far less disturbed by timer resolution and scheduler noise than a single sub-millisecond call.
