@@ -348,6 +348,7 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
       }
     }
   };
+  const int h_chunks = (H + kChunk - 1) / kChunk, first_chunk = std::min(h_chunks - 1, u0 * kUnits / kChunk);
   const int arrived = barrier.arrive();  // the initial h is complete once everyone has written its units
   input_part(reverse ? T - 1 : 0);
   barrier.wait(arrived);
@@ -359,8 +360,12 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
       const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
       const float* z = &z_input[static_cast<size_t>(u - u0) * B * 64];
       const int n = s.units(u);
-      for (int k0 = I; k0 < K; k0 += kChunk) {  // the h_{t-1} part of [x_t, h_{t-1}]
+      // The h_{t-1} part of [x_t, h_{t-1}], chunk by chunk, starting with the chunk of this thread's own units:
+      // they are in this core's cache, while the other threads' units of h_{t-1} stream in from theirs.
+      for (int chunk = 0; chunk < h_chunks; ++chunk) {
+        const int k0 = I + ((first_chunk + chunk) % h_chunks) * kChunk;
         const int k1 = std::min(K, k0 + kChunk);
+        const bool first = chunk == 0, last = chunk == h_chunks - 1;
         const float* wk = panel + static_cast<size_t>(k0) * 64;
         const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
         for (int r0 = 0; r0 < B; r0 += kRows) {
@@ -368,9 +373,9 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
           v16 acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(k0 == I ? &z[(r0 + r) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
+              acc[r][q] = load(first ? &z[(r0 + r) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
           tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (k0 - I), Hp, k1 - k0, cols, 64, acc);
-          if (k1 < K) {
+          if (!last) {
             for (int r = 0; r < mr; ++r)
               for (int q = 0; q < 4; ++q) store(&partial[(r0 + r) * 64 + q * kUnits], acc[r][q]);
             continue;
