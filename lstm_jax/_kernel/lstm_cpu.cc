@@ -53,7 +53,7 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
 
 constexpr int kUnits = 16;  // hidden units per block: one vector
-constexpr int kRows = 4;    // rows of a register tile
+constexpr int kRows = 6;    // rows of a register tile: 6 x 4 vectors = 24 accumulators of AVX-512's 32
 constexpr int kChunk = 128; // rows of a weight panel kept in L1 while every row tile passes over it
 
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
@@ -118,6 +118,8 @@ inline void tile(const float* a, long lda, int n, const float* const* w, long ld
 template <int NV>
 inline void tile_rows(int mr, const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
   switch (mr) {
+    case 6: tile<6, NV>(a, lda, n, w, ldw, acc); break;
+    case 5: tile<5, NV>(a, lda, n, w, ldw, acc); break;
     case 4: tile<4, NV>(a, lda, n, w, ldw, acc); break;
     case 3: tile<3, NV>(a, lda, n, w, ldw, acc); break;
     case 2: tile<2, NV>(a, lda, n, w, ldw, acc); break;
