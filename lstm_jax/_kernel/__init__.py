@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._bptt import _as_mask
 from .._cells import LSTMState
 from .._params import LSTMWeights
 from .._typing import Array
@@ -231,12 +232,6 @@ def _layer_bwd(reverse_bits, masked, residuals, cotangents):
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
-
-
-def _as_mask(lengths: Array | None, xs: Array) -> tuple[bool, Array]:
-    if lengths is None:
-        return False, jnp.zeros((xs.shape[1],), jnp.int32)
-    return True, lengths.astype(jnp.int32)
 
 
 def _run(weights, carries, xs, lengths, reverse_bits):
