@@ -3,8 +3,8 @@
 A plain float32 LSTM layer (one direction, or both of a bidirectional layer at once) runs as one XLA FFI call into
 ``lstm_cpu.cc``: the time loop, the per-step matmuls and the gate maths in C++, on threads that live for the whole
 sequence (the file's header says why XLA:CPU's own loop is slower). The backward pass is a second call that runs the
-reverse loop (dz_t and dh_{t-1}); the weight gradients are whole-sequence GEMMs in XLA, as on the ``Impl.BPTT`` path
-(:mod:`lstm_jax._bptt`), whose maths this path shares.
+reverse loop (dz_t, dh_{t-1}, and the weight gradients accumulated step by step); its maths is the ``Impl.BPTT``
+path's (:mod:`lstm_jax._bptt`).
 
 The kernel is compiled from source on first use with the system's C++ compiler (``$CXX``, else ``c++``), for the
 machine it runs on (``-march=native``), and cached in ``$LSTM_JAX_CACHE`` (default ``~/.cache/lstm_jax``). Where

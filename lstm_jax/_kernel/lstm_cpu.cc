@@ -5,14 +5,14 @@
 // call, on threads that stay alive for the whole sequence and meet at a spin barrier once per step:
 //
 // * Forward: each thread owns blocks of 16 hidden units. Its slice of [W_ih; W_hh] is packed once per call into a
-//   panel per block, (I+H) rows x 64 columns = the i, f, g, o columns of those 16 units, so a 4-row x 64-column
+//   panel per block, (I+H) rows x 64 columns = the i, f, g, o columns of those 16 units, so a 6-row x 64-column
 //   register tile of z = [x_t, h_{t-1}] @ [W_ih; W_hh] + b holds whole gates, and the cell update runs on the
 //   registers before anything is stored. Threads read all of h_{t-1} and write their units of h_t (double-buffered),
 //   so one barrier per step suffices.
 // * Backward: phase 1, per thread and unit block, turns (dh, dc) and the stored gate activations into dz_t and the
 //   next dc; a barrier; phase 2 computes the thread's units of dh_{t-1} = dz_t @ W_hh^T from all of dz_t. Phase 1 of
-//   the next step only reads the thread's own units, so again one barrier per step. The weight gradients (one GEMM
-//   over all T*B rows each) are left to XLA.
+//   the next step only reads the thread's own units, so again one barrier per step. The weight gradients of the
+//   thread's columns accumulate step by step, [x_t, h_{t-1}]^T dz_t, in panels that stay in its core's L2.
 // * Two directions of a bidirectional layer run on separate thread groups at the same time, each reading xs in its
 //   own order, so no reversed copy of the input is made.
 //
@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -234,14 +235,20 @@ struct Shape {
   int units(int block) const { return std::min(kUnits, H - block * kUnits); }
 };
 
+// Whether this thread is a worker of XLA's intra-op pool: learnt when one of our tasks runs on it.
+thread_local bool t_xla_pool_worker = false;
+
 // Runs work(direction, thread_in_group, threads_in_group, barrier) for every direction: directions are spread over
 // groups of threads that run at the same time; a group runs its directions one after the other.
 //
-// The calling thread is one participant. The others run on XLA's own intra-op thread pool when one of its workers
-// picks the task up promptly: those workers otherwise spin for a while looking for work, and on a machine with as
-// many cores as participants a freshly spawned thread would compete with them for a core (measured: a third of a
-// short call spent at the barrier). A participant that no worker has claimed within 200 us runs on a thread of
-// its own instead, so the call never depends on the pool having a free worker.
+// The participants run on XLA's own intra-op thread pool when its workers pick the tasks up promptly: those workers
+// otherwise spin for a while looking for work, and on a machine with as many cores as participants a thread of our
+// own would compete with them for a core (measured: a third of a short call spent at the barrier). For the same
+// reason the calling thread takes part only when it is itself a pool worker: XLA also runs custom calls on threads
+// of its own, and when such a caller computed beside one pool worker, the other worker, woken by the task but
+// finding none, kept a core busy — a quarter of the T = 16 training steps took 1.5-3x the median. Such a caller
+// hands every participant to the pool and sleeps until they are done. A participant that no worker has claimed
+// within 200 us runs on a thread of its own instead, so the call never depends on the pool having a free worker.
 template <typename Work>
 void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, Work work) {
   const int groups = std::max(1, std::min(directions, threads));
@@ -253,45 +260,77 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
   std::function<void(int, int)> body = [&](int g, int p) {
     for (int d = g; d < directions; d += groups) work(d, p, group_threads[g], *barriers[g]);
   };
+  const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
+  const bool caller_joins = !use_pool || t_xla_pool_worker;
+  // Progress of the participants, for a caller that sleeps while they run.
+  struct Progress {
+    std::mutex mutex;
+    std::condition_variable changed;
+    int claimed = 0, done = 0;
+    void add(int& counter) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++counter;
+      changed.notify_all();
+    }
+  };
   // A participant's task: whoever claims it first (a pool worker or a fallback thread) runs it; a pool task that
   // starts after the fallback has claimed it only drops its reference, so the shared state outlives both.
   struct Participant {
     std::atomic<bool> claimed{false};
     std::atomic<bool> done{false};
     std::function<void(int, int)>* body = nullptr;
+    std::shared_ptr<Progress> progress;
     int g = 0, p = 0;
     void run() {
       if (claimed.exchange(true, std::memory_order_acq_rel)) return;
+      progress->add(progress->claimed);
       (*body)(g, p);
       done.store(true, std::memory_order_release);
+      progress->add(progress->done);
     }
   };
+  auto progress = std::make_shared<Progress>();
   std::vector<std::shared_ptr<Participant>> participants;
   for (int g = 0; g < groups; ++g)
     for (int p = 0; p < group_threads[g]; ++p)
-      if (g || p) {
+      if (g || p || !caller_joins) {
         auto participant = std::make_shared<Participant>();
         participant->body = &body;
+        participant->progress = progress;
         participant->g = g;
         participant->p = p;
         participants.push_back(participant);
       }
-  const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
   if (use_pool)
-    for (auto& participant : participants) xla_pool->Schedule([participant] { participant->run(); });
-  std::vector<std::thread> fallback;
+    for (auto& participant : participants)
+      xla_pool->Schedule([participant] {
+        t_xla_pool_worker = true;
+        participant->run();
+      });
+  const int helpers = static_cast<int>(participants.size());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
-  for (auto& participant : participants) {
-    while (!participant->claimed.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
-      LSTM_JAX_PAUSE();
+  if (caller_joins) {  // spin: the caller's core is wanted for its own share right after
+    for (auto& participant : participants)
+      while (!participant->claimed.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
+        LSTM_JAX_PAUSE();
+  } else {  // sleep, leaving the cores to the workers being woken
+    std::unique_lock<std::mutex> lock(progress->mutex);
+    progress->changed.wait_until(lock, deadline, [&] { return progress->claimed == helpers; });
+  }
+  std::vector<std::thread> fallback;
+  for (auto& participant : participants)
     if (!participant->claimed.load(std::memory_order_acquire))
       fallback.emplace_back([participant] { participant->run(); });
+  if (caller_joins) {
+    body(0, 0);
+    for (auto& participant : participants)
+      for (int spins = 0; !participant->done.load(std::memory_order_acquire); ++spins)
+        if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
+  } else {
+    std::unique_lock<std::mutex> lock(progress->mutex);
+    progress->changed.wait(lock, [&] { return progress->done == helpers; });
   }
-  body(0, 0);
   for (auto& thread : fallback) thread.join();
-  for (auto& participant : participants)
-    for (int spins = 0; !participant->done.load(std::memory_order_acquire); ++spins)
-      if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
 }
 
 // The forward pass of one direction, on thread p of a group of P.
@@ -600,16 +639,21 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       std::memcpy(dh0 + row * H + u * kUnits, dh + offset, sizeof(float) * n);
       std::memcpy(dc0 + row * H + u * kUnits, dc + offset, sizeof(float) * n);
     }
-  for (int u = u0; weight_grads && u < u1; ++u)  // this thread's columns of the weight gradients, to (rows, 4H)
-    for (int q = 0; q < 4; ++q) {
-      const int n = s.units(u), column = q * H + u * kUnits;
-      const size_t block = static_cast<size_t>(u - u0);
-      for (int k = 0; k < I; ++k)
-        std::memcpy(d_w_ih + static_cast<size_t>(k) * G + column, &dw_ih[(block * I + k) * 64 + q * kUnits], sizeof(float) * n);
-      for (int k = 0; k < H; ++k)
-        std::memcpy(d_w_hh + static_cast<size_t>(k) * G + column, &dw_hh[(block * H + k) * 64 + q * kUnits], sizeof(float) * n);
-      std::memcpy(d_b + column, &db[block * 64 + q * kUnits], sizeof(float) * n);
-    }
+  // This thread's columns of the weight gradients, to (rows, 4H), row by row: one row's 16 columns of a gate are
+  // one vector store, and rows lie 4H floats apart, so walking down a column block instead sent every store of a
+  // block to the same L1 set (memcpy of those pieces was an eighth of a T = 16 training step in perf).
+  auto unpack = [&](const float* panel, int rows, float* out) {
+    for (int k = 0; k < rows; ++k)
+      for (int u = u0; u < u1; ++u)
+        for (int q = 0; q < 4; ++q)
+          store_n(out + static_cast<size_t>(k) * G + q * H + u * kUnits,
+                  load(panel + (static_cast<size_t>(u - u0) * rows + k) * 64 + q * kUnits), s.units(u));
+  };
+  if (weight_grads) {
+    unpack(dw_ih.data(), I, d_w_ih);
+    unpack(dw_hh.data(), H, d_w_hh);
+    unpack(db.data(), 1, d_b);
+  }
 }
 
 std::string dims_text(ffi::Span<const int64_t> dims) {
