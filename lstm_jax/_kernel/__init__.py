@@ -136,12 +136,18 @@ def _threads() -> int:
     return max(1, cpus // max(1, jax.local_device_count("cpu")))
 
 
-def _call(target: str, outputs, *args, reverse_bits: int, masked: bool):
+def _input_steps() -> int:
+    """Time steps per block of the forward's x·W_ih part (``$LSTM_JAX_KERNEL_INPUT_STEPS``); 0, the default, lets
+    the kernel choose: one step where a thread's weights fit half its core's L2, else blocks of ~128 rows."""
+    return int(os.environ.get("LSTM_JAX_KERNEL_INPUT_STEPS", "0"))
+
+
+def _call(target: str, outputs, *args, reverse_bits: int, masked: bool, **attributes):
     available, why = status()
     if not available:
         raise RuntimeError(f"the lstm_jax CPU kernel is not available: {why}")
     call = jax.ffi.ffi_call(target, outputs, vmap_method="sequential")
-    return call(*args, reverse_bits=np.int64(reverse_bits), masked=masked, threads=np.int64(_threads()))
+    return call(*args, reverse_bits=np.int64(reverse_bits), masked=masked, threads=np.int64(_threads()), **attributes)
 
 
 def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save):
@@ -156,8 +162,9 @@ def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save):
         f32((D, *saved[:2], 4 * saved[2])),
     )
     return _call(
-        "lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths, reverse_bits=reverse_bits, masked=masked
-    )
+        "lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths,
+        reverse_bits=reverse_bits, masked=masked, input_steps=np.int64(_input_steps()),
+    )  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
