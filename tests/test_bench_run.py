@@ -4,6 +4,7 @@ PNGs, the tables, ``--compare``; and the command-line parsing. Structure only: t
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,17 +117,19 @@ def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):
 
 
 def test_compare_reads_runs_from_before_bidirectional_as_unidirectional(quick_run, tmp_path, capsys):
-    """... and runs from before settle_s as timed without settling."""
+    """... runs from before settle_s as timed without settling, and from before tuning_env with none recorded."""
     _, _, doc = quick_run
     old = json.loads(json.dumps(doc))
     del old["config"]["bidirectional"]
     del old["config"]["settle_s"]
+    del old["environment"]["tuning_env"]
     for row in old["throughput"]:
         del row["bidirectional"]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     loaded = load(path)
     assert loaded["config"]["bidirectional"] is False and loaded["config"]["settle_s"] == 0.0
+    assert loaded["environment"]["tuning_env"] == {}
     assert all(row["bidirectional"] is False for row in loaded["throughput"])
     assert main(["bench", "--compare", str(path)]) == 0
 
@@ -247,3 +250,15 @@ def test_settle_calls_for_at_least_the_given_time():
     start = clock.perf_counter()
     calls = settle(call, 0.03)
     assert clock.perf_counter() - start >= 0.03 and 0.03 / 0.004 - 1 <= calls <= 0.03 / 0.004 + 2
+
+
+def test_tuning_environment_is_recorded(monkeypatch):
+    """Allocator and thread settings change the timings, so a run records the ones that are set, and only those."""
+    from lstm_jax.bench._env import environment
+
+    for name in [n for n in os.environ if n.startswith(("MALLOC_", "LSTM_JAX_", "OMP_", "MKL_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+    monkeypatch.setenv("LSTM_JAX_KERNEL_INPUT_STEPS", "4")
+    monkeypatch.setenv("UNRELATED_SETTING", "x")
+    assert environment()["tuning_env"] == {"LSTM_JAX_KERNEL_INPUT_STEPS": "4", "MALLOC_ARENA_MAX": "1"}

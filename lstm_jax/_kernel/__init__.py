@@ -225,7 +225,9 @@ def _layer_bwd(reverse_bits, masked, residuals, cotangents):
         reverse_bits=reverse_bits, masked=masked,
     )  # fmt: skip
     if wanted.inputs:
-        d_xs = d_xs[0] if D == 1 else jnp.sum(d_xs, axis=0)
+        # An add, not jnp.sum over the direction axis: XLA:CPU lowers that reduction to a kernel that ran at ~2 GB/s
+        # (5 % of a bidirectional training step in perf).
+        d_xs = d_xs[0] if D == 1 else d_xs[0] + d_xs[1]
     d_lengths = np.zeros(lengths.shape, dtype=jax.dtypes.float0)
     return (
         d_w_ih if wanted.weights else None,

@@ -53,6 +53,16 @@ def load_average() -> list[float] | None:
         return None
 
 
+TUNING_PREFIXES = ("MALLOC_", "LSTM_JAX_", "OMP_", "MKL_")
+"""Environment variables that change the timings (glibc's allocator, the kernel's knobs, torch's threads): a run
+records those that are set, so that two runs' numbers are comparable only when these match."""
+
+
+def tuning_variables() -> dict[str, str]:
+    """The set environment variables whose names start with one of :data:`TUNING_PREFIXES`."""
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith(TUNING_PREFIXES)}
+
+
 def environment() -> dict[str, Any]:
     """The ``environment`` section of the results JSON (fields documented in :mod:`lstm_jax.bench._report`)."""
     import jax
@@ -81,6 +91,7 @@ def environment() -> dict[str, Any]:
         "lstm_jax": _version("lstm_jax") or "unknown",
         "matmul_precision": None if precision is None else str(precision),
         "xla_flags": os.environ.get("XLA_FLAGS"),
+        "tuning_env": tuning_variables(),
         "os": platform.platform(),
         "load_average": {"start": load_average(), "end": None},
     }

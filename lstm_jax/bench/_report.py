@@ -11,7 +11,9 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
   as unidirectional; those written before ``settle_s`` existed did no settling, and :func:`load` records 0.
 * ``environment``: ``platform`` (jax's default backend), ``device_kind``, ``device_count``, ``cpu_model``,
   ``cpu_count``, ``python``, ``jax``, ``jaxlib``, ``flax``, ``torch`` (None when absent), ``torch_threads``,
-  ``numpy``, ``lstm_jax``, ``matmul_precision`` (``jax_default_matmul_precision``), ``xla_flags``, ``os``,
+  ``numpy``, ``lstm_jax``, ``matmul_precision`` (``jax_default_matmul_precision``), ``xla_flags``,
+  ``tuning_env`` (the set ``MALLOC_*``, ``LSTM_JAX_*``, ``OMP_*`` and ``MKL_*`` variables; {} in runs from before
+  it was recorded), ``os``,
   ``load_average`` (``start`` and ``end``: the OS's 1, 5 and 15-minute load averages, None where unknown; a
   load near or above ``cpu_count`` means other work shared the machine and the absolute times are inflated).
 * ``peak``: the peak matmul rate, measured at the start, after each sequence length and at the end of the run
@@ -109,6 +111,7 @@ SCHEMA: dict[str, Any] = {
         "lstm_jax": str,
         "matmul_precision": OPTIONAL_STR,
         "xla_flags": OPTIONAL_STR,
+        "tuning_env": dict,
         "os": str,
         "load_average": dict,
     },
@@ -167,13 +170,15 @@ def write_json(doc: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def load(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads and validates a results JSON; one written before ``bidirectional`` (``settle_s``) was recorded gets it
-    as False (0: no settling)."""
+    """Reads and validates a results JSON; one written before ``bidirectional`` (``settle_s``, ``tuning_env``) was
+    recorded gets it as False (0: no settling; {}: none recorded)."""
     doc = json.loads(pathlib.Path(path).read_text())
     # Every run before the fields existed was unidirectional and timed without settling.
     if isinstance(doc, dict):
         if isinstance(doc.get("config"), dict):
             doc["config"].setdefault("settle_s", 0.0)
+        if isinstance(doc.get("environment"), dict):
+            doc["environment"].setdefault("tuning_env", {})
         for fields in [doc.get("config"), *(doc.get("throughput") or [])]:
             if isinstance(fields, dict):
                 fields.setdefault("bidirectional", False)

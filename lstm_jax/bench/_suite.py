@@ -84,6 +84,8 @@ def run(config: BenchConfig, out: str | pathlib.Path, console) -> tuple[dict[str
         f"torch {env['torch'] or 'not installed'}; {config.dtype}"
     )
     console.print(f"implementations: {', '.join(impl.name for impl in impls) or 'none'}")
+    if env["tuning_env"]:
+        console.print("tuning environment: " + " ".join(f"{name}={value}" for name, value in env["tuning_env"].items()))
     for name, reason in skipped.items():
         console.print(f"[yellow]skipping {name}[/]: {reason}")
     load = env["load_average"]["start"]
