@@ -3,6 +3,7 @@ against the reference path on shapes that exercise every remainder of its tiling
 fallbacks where it does not apply. Parity with the naive reference and PyTorch is in test_impls.py (every path)."""
 
 import concurrent.futures
+import os
 
 import jax
 import jax.numpy as jnp
@@ -188,3 +189,38 @@ def test_gradients_nobody_asked_for_are_skipped(wrt, tol):
     got, want = jax.jit(grad("kernel"))(params, xs, state), jax.jit(grad("scan"))(params, xs, state)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
+def _vm_flags(address: int) -> set[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (Linux's /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                start, end = (int(bound, 16) for bound in first.split("-"))
+                inside = start <= address < end
+            elif inside and first == "VmFlags:":
+                return set(line.split()[1:])
+    raise LookupError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"), reason="no transparent huge pages here"
+)
+@pytest.mark.parametrize("enabled", [True, False], ids=["default", "LSTM_JAX_KERNEL_HUGE_PAGES=0"])
+def test_large_saved_activations_are_advised_to_use_huge_pages(enabled, monkeypatch):
+    """Outputs of 32 MiB and more get MADV_HUGEPAGE (smaps flag ``hg``) before the kernel writes them, unless
+    LSTM_JAX_KERNEL_HUGE_PAGES=0; the values do not depend on it."""
+    if not enabled:
+        monkeypatch.setenv("LSTM_JAX_KERNEL_HUGE_PAGES", "0")
+    T, B, I, H = 64, 32, 8, 1024  # gate activations: T·B·4H floats = 32 MiB
+    rng = np.random.default_rng(0)
+    w_ih, w_hh, b = (random_normal(rng, shape) * 0.05 for shape in [(1, I, 4 * H), (1, H, 4 * H), (1, 4 * H)])
+    h0 = c0 = jnp.zeros((1, B, H))
+    xs = random_normal(rng, (T, B, I))
+    outputs = _kernel._forward(w_ih, w_hh, b, h0, c0, xs, jnp.zeros(B, jnp.int32), 0, False, save=True)
+    acts = jax.block_until_ready(outputs[4])
+    assert acts.nbytes >= 32 << 20
+    # The middle of the buffer: its unaligned ends stay in mappings of their own, without the advice.
+    assert ("hg" in _vm_flags(acts.unsafe_buffer_pointer() + acts.nbytes // 2)) == enabled

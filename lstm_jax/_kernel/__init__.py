@@ -11,6 +11,11 @@ machine it runs on (``-march=native``), and cached in ``$LSTM_JAX_CACHE`` (defau
 it cannot be built or does not apply — no compiler, a non-CPU default backend, float64 or bf16 kernels, projections,
 peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:`status` says which and why.
 ``LSTM_JAX_KERNEL=0`` turns the kernel off.
+
+Two more environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
+work; see :func:`_input_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=0``, which stops it from asking Linux for
+transparent huge pages for outputs of 32 MiB and more (the saved activations of long sequences, which XLA allocates
+afresh for every call; ``lstm_cpu.cc``, ``advise_huge_pages``, says why and what it saves).
 """
 
 from __future__ import annotations
