@@ -295,14 +295,15 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
   };
   const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
   const bool caller_joins = !use_pool || t_xla_pool_worker;
-  // Progress of the participants, for a caller that sleeps while they run.
+  // How many participants have started and finished: a joining caller spins on the counts, a sleeping one waits
+  // for the notification (counted under the mutex, so that it cannot be missed).
   struct Progress {
     std::mutex mutex;
     std::condition_variable changed;
-    int claimed = 0, done = 0;
-    void add(int& counter) {
+    std::atomic<int> claimed{0}, done{0};
+    void add(std::atomic<int>& counter) {
       std::lock_guard<std::mutex> lock(mutex);
-      ++counter;
+      counter.fetch_add(1, std::memory_order_acq_rel);
       changed.notify_all();
     }
   };
@@ -310,7 +311,6 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
   // starts after the fallback has claimed it only drops its reference, so the shared state outlives both.
   struct Participant {
     std::atomic<bool> claimed{false};
-    std::atomic<bool> done{false};
     std::function<void(int, int)>* body = nullptr;
     std::shared_ptr<Progress> progress;
     int g = 0, p = 0;
@@ -318,7 +318,6 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
       if (claimed.exchange(true, std::memory_order_acq_rel)) return;
       progress->add(progress->claimed);
       (*body)(g, p);
-      done.store(true, std::memory_order_release);
       progress->add(progress->done);
     }
   };
@@ -343,12 +342,11 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
   const int helpers = static_cast<int>(participants.size());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
   if (caller_joins) {  // spin: the caller's core is wanted for its own share right after
-    for (auto& participant : participants)
-      while (!participant->claimed.load(std::memory_order_acquire) && std::chrono::steady_clock::now() < deadline)
-        LSTM_JAX_PAUSE();
+    while (progress->claimed.load(std::memory_order_acquire) < helpers && std::chrono::steady_clock::now() < deadline)
+      LSTM_JAX_PAUSE();
   } else {  // sleep, leaving the cores to the workers being woken
     std::unique_lock<std::mutex> lock(progress->mutex);
-    progress->changed.wait_until(lock, deadline, [&] { return progress->claimed == helpers; });
+    progress->changed.wait_until(lock, deadline, [&] { return progress->claimed.load() == helpers; });
   }
   std::vector<std::thread> fallback;
   for (auto& participant : participants)
@@ -356,12 +354,11 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
       fallback.emplace_back([participant] { participant->run(); });
   if (caller_joins) {
     body(0, 0);
-    for (auto& participant : participants)
-      for (int spins = 0; !participant->done.load(std::memory_order_acquire); ++spins)
-        if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
+    for (int spins = 0; progress->done.load(std::memory_order_acquire) < helpers; ++spins)
+      if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
   } else {
     std::unique_lock<std::mutex> lock(progress->mutex);
-    progress->changed.wait(lock, [&] { return progress->done == helpers; });
+    progress->changed.wait(lock, [&] { return progress->done.load() == helpers; });
   }
   for (auto& thread : fallback) thread.join();
 }
