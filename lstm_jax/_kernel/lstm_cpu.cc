@@ -120,6 +120,11 @@ inline void tile(const float* a, long lda, int n, const float* const* w, long ld
     for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
 }
 
+// Rows of the next register tile when `left` rows remain: full tiles, except that 7-11 remaining rows are split
+// into two tiles of about half (B = 32: 6, 6, 6, 6, 4, 4 rather than ..., 6, 2, whose 8 accumulators per 6 loads
+// leave the FMA units waiting).
+inline int tile_height(int left) { return left <= kRows ? left : left < 2 * kRows ? (left + 1) / 2 : kRows; }
+
 template <int NV>
 inline void tile_rows(int mr, const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
   switch (mr) {
@@ -424,8 +429,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
         const int k1 = std::min(I, k0 + kChunk);
         const float* wk = panel + static_cast<size_t>(k0) * 64;
         const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-        for (int r0 = 0; r0 < rows; r0 += kRows) {
-          const int mr = std::min(kRows, rows - r0);
+        for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
+          mr = tile_height(rows - r0);
           v16 acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
@@ -462,8 +467,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
         const bool first = chunk == 0, last = chunk == h_chunks - 1;
         const float* wk = panel + static_cast<size_t>(k0) * 64;
         const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-        for (int r0 = 0; r0 < B; r0 += kRows) {
-          const int mr = std::min(kRows, B - r0);
+        for (int r0 = 0, mr = 0; r0 < B; r0 += mr) {
+          mr = tile_height(B - r0);
           v16 acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
@@ -602,8 +607,8 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
         const int k1 = std::min(G, k0 + kChunk);
         const float* cols[4];
         for (int v = 0; v < nv; ++v) cols[v] = &panels[(static_cast<size_t>(first + v) * G + k0) * kUnits];
-        for (int r0 = 0; r0 < B; r0 += kRows) {
-          const int mr = std::min(kRows, B - r0);
+        for (int r0 = 0, mr = 0; r0 < B; r0 += mr) {
+          mr = tile_height(B - r0);
           v16 acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int v = 0; v < nv; ++v)
