@@ -254,9 +254,9 @@ def test_settle_calls_for_at_least_the_given_time():
 
 def test_tuning_environment_is_recorded(monkeypatch):
     """Allocator and thread settings change the timings, so a run records the ones that are set, and only those."""
-    from lstm_jax.bench._env import environment
+    from lstm_jax.bench._env import TUNING_PREFIXES, environment
 
-    for name in [n for n in os.environ if n.startswith(("MALLOC_", "LSTM_JAX_", "OMP_", "MKL_"))]:
+    for name in [n for n in os.environ if n.startswith(TUNING_PREFIXES)]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
     monkeypatch.setenv("LSTM_JAX_KERNEL_INPUT_STEPS", "4")

@@ -250,7 +250,8 @@ size_t l2_bytes() {
 // first written. XLA:CPU allocates a computation's temporary memory afresh for every call, and glibc serves blocks
 // above 32 MiB with fresh mappings that it returns to the OS when they are freed, so every call page-faults through
 // the buffers the kernel writes: a fifth of a T = 256 training step went to 4 KiB page faults in perf. With THP in
-// "madvise" mode, the usual default, a fault then maps 2 MiB at once (training -9 to -11 % at T = 256 and 1024).
+// "madvise" mode, the usual default, a fault then maps 2 MiB at once: median training steps at T = 256 and 1024
+// 7-12 % faster, but a call that finds no free huge page can take 1.3-1.6x longer (README, "How the kernel works").
 // Smaller buffers usually come from reused heap memory, where the hint only cost time (T = 64: +2-5 %). Memory
 // already mapped is unaffected; without THP the hint is a no-op. LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
 void advise_huge_pages(void* data, size_t bytes) {
