@@ -46,6 +46,7 @@ SOURCE = Path(__file__).with_name("lstm_cpu.cc")
 _TARGETS = {"lstm_jax_forward": "LstmJaxForward", "lstm_jax_backward": "LstmJaxBackward"}
 _lock = threading.Lock()
 _status: tuple[bool, str] | None = None
+_library: ctypes.CDLL | None = None  # the loaded kernel, once status() has built it
 
 
 def _cache_dir() -> Path:
@@ -95,6 +96,8 @@ def _load() -> tuple[bool, str]:
         return False, f"the kernel could not be built: {error}"
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    global _library
+    _library = library
     return True, f"built with {compiler}, loaded from {library._name}"
 
 
