@@ -274,14 +274,17 @@ size_t l2_bytes() {
 // first written. XLA:CPU allocates a computation's temporary memory afresh for every call, and glibc serves blocks
 // above 32 MiB with fresh mappings that it returns to the OS when they are freed, so every call page-faults through
 // the buffers the kernel writes: a fifth of a T = 256 training step went to 4 KiB page faults in perf. With THP in
-// "madvise" mode, the usual default, a fault then maps 2 MiB at once: median training steps at T = 256 and 1024
-// 7-12 % faster, but a call that finds no free huge page can take 1.3-1.6x longer (README, "How the kernel works").
-// Smaller buffers usually come from reused heap memory, where the hint only cost time (T = 64: +2-5 %). Memory
-// already mapped is unaffected; without THP the hint is a no-op. LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
+// "madvise" mode, the usual default, a fault then maps 2 MiB at once. Measured in one process, the setting switched
+// between rounds: training at T = 1024 (128 MiB of gate activations) took 0.85-0.88x the time in the median and less
+// on average, but a call that finds no free huge page takes up to 1.5x longer; at 32 MiB (two layers, T = 256) the
+// median gained 3 % and the mean nothing, with a third of the calls 1.1-1.3x slower. Hence the 64 MiB threshold
+// (README, "How the kernel works"). Memory already mapped is unaffected; without THP the hint is a no-op.
+// LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
+constexpr size_t kHugePageMinBytes = size_t{64} << 20;
 void advise_huge_pages(void* data, size_t bytes) {
 #ifdef MADV_HUGEPAGE
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < (size_t{32} << 20)) return;
+  if (bytes < kHugePageMinBytes) return;
   const char* setting = std::getenv("LSTM_JAX_KERNEL_HUGE_PAGES");
   if (setting != nullptr && std::strcmp(setting, "0") == 0) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
