@@ -14,7 +14,7 @@ peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:
 
 Two more environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
 work; see :func:`_input_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=0``, which stops it from asking Linux for
-transparent huge pages for outputs of 64 MiB and more (the saved activations of long sequences, which XLA allocates
+transparent huge pages for outputs of 32 MiB and more (the saved activations of long sequences, which XLA allocates
 afresh for every call; ``lstm_cpu.cc``, ``advise_huge_pages``, says why and what it saves).
 """
 

@@ -272,15 +272,15 @@ size_t l2_bytes() {
 
 // Asks Linux to back the 2 MiB-aligned interior of a large output buffer with transparent huge pages when it is
 // first written. XLA:CPU allocates a computation's temporary memory afresh for every call, and glibc serves blocks
-// above 32 MiB with fresh mappings that it returns to the OS when they are freed, so every call page-faults through
-// the buffers the kernel writes: a fifth of a T = 256 training step went to 4 KiB page faults in perf. With THP in
-// "madvise" mode, the usual default, a fault then maps 2 MiB at once. Measured in one process, the setting switched
-// between rounds: training at T = 1024 (128 MiB of gate activations) took 0.85-0.88x the time in the median and less
-// on average, but a call that finds no free huge page takes up to 1.5x longer; at 32 MiB (two layers, T = 256) the
-// median gained 3 % and the mean nothing, with a third of the calls 1.1-1.3x slower. Hence the 64 MiB threshold
-// (README, "How the kernel works"). Memory already mapped is unaffected; without THP the hint is a no-op.
-// LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
-constexpr size_t kHugePageMinBytes = size_t{64} << 20;
+// of 32 MiB and more with fresh mappings that it returns to the OS when they are freed, so every call page-faults
+// through the buffers the kernel writes: a fifth of a T = 256 training step went to 4 KiB page faults in perf.
+// With THP in "madvise" mode, the usual default, a fault then maps 2 MiB at once. Measured in one process, the
+// setting switched between rounds: training steps at T = 256 and 1024 took 0.85-0.90x the time in the median and
+// 0.90-0.98x on average, but a call that finds no free huge page can take up to 1.5x the median (README, "How the
+// kernel works"). Only such fresh mappings are advised, so the advice goes with the buffer: smaller blocks come
+// from glibc's heap, where it would stay on the range after the buffer is freed.
+// Memory already mapped is unaffected; without THP the hint is a no-op. LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
+constexpr size_t kHugePageMinBytes = size_t{32} << 20;
 void advise_huge_pages(void* data, size_t bytes) {
 #ifdef MADV_HUGEPAGE
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
