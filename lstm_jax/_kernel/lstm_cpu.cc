@@ -22,7 +22,6 @@
 // and pass gradients through.
 
 #include <algorithm>
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
