@@ -276,8 +276,9 @@ size_t l2_bytes() {
 // With THP in "madvise" mode, the usual default, a fault then maps 2 MiB at once. Measured in one process, the
 // setting switched between rounds: training steps at T = 256 and 1024 took 0.85-0.90x the time in the median and
 // 0.90-0.98x on average, but a call that finds no free huge page can take up to 1.5x the median (README, "How the
-// kernel works"). Only such fresh mappings are advised, so the advice goes with the buffer: smaller blocks come
-// from glibc's heap, where it would stay on the range after the buffer is freed.
+// kernel works"). Blocks this large are normally fresh mappings, so the advice goes with the buffer; smaller ones
+// come from glibc's heap, where it would outlive the buffer. (glibc can carve a large block out of a free chunk of
+// its heap too: the advice then stays on that range, which only makes it eligible for huge pages.)
 // Memory already mapped is unaffected; without THP the hint is a no-op. LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
 constexpr size_t kHugePageMinBytes = size_t{32} << 20;
 void advise_huge_pages(void* data, size_t bytes) {
