@@ -158,10 +158,7 @@ struct LineAligned {
   LineAligned() = default;
   template <typename U>
   LineAligned(const LineAligned<U>&) {}
-  T* allocate(std::size_t n) {
-    void* p = ::operator new(n * sizeof(T), std::align_val_t(kAlignment));
-    return static_cast<T*>(p);
-  }
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kAlignment))); }
   void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(kAlignment)); }
   template <typename U>
   bool operator==(const LineAligned<U>&) const { return true; }
