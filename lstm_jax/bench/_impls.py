@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lstm_jax
+from lstm_jax import _cudnn
 
 MODES = ("forward", "training")
 """``forward``: one inference call. ``training``: loss and gradients with respect to all parameters."""
@@ -145,12 +146,18 @@ def jax_step(apply: Callable[[Any, jax.Array], jax.Array], params: Any, xs: jax.
 # --- lstm_jax -------------------------------------------------------------------------------------------------
 
 
-def lstm_jax_path(name: str, apply: Callable[..., Any], description: str) -> Implementation:
+def lstm_jax_path(
+    name: str, apply: Callable[..., Any], description: str, unavailable: Callable[[], str | None] = lambda: None
+) -> Implementation:
     """An lstm_jax implementation: ``apply(params, xs)`` with :func:`lstm_jax.lstm`'s signature and return value,
     over params from :func:`lstm_jax.init_lstm`."""
 
     return Implementation(
-        name=name, description=description, build=_library_build(lstm_jax.init_lstm, apply), peer=False
+        name=name,
+        description=description,
+        build=_library_build(lstm_jax.init_lstm, apply),
+        unavailable=unavailable,
+        peer=False,
     )
 
 
@@ -185,6 +192,12 @@ def _lstm_jax_paths() -> list[lstm_jax.Impl]:
     return sorted(lstm_jax.Impl, key=lambda path: path is not default)
 
 
+def _cudnn_unavailable() -> str | None:
+    # The same conditions as lstm_jax's own cuDNN path (lstm_jax._cudnn).
+    available, why = _cudnn.status()
+    return None if available else why
+
+
 # One implementation per path, so a new path is benchmarked as soon as the enum has it.
 for _path in _lstm_jax_paths():
     register(
@@ -192,6 +205,8 @@ for _path in _lstm_jax_paths():
             f"lstm_jax:{_path.value}",
             functools.partial(lstm_jax.lstm, impl=_path),
             f"lstm_jax.lstm(impl={_path.value!r})",
+            # Off a GPU, impl="cudnn" would run the bptt path again under another name.
+            unavailable=_cudnn_unavailable if _path is lstm_jax.Impl.CUDNN else lambda: None,
         )
     )
 del _path
@@ -293,13 +308,6 @@ register(Implementation("torch", "torch.nn.LSTM", _build_torch, unavailable=_tor
 
 
 # --- cuDNN through jax.experimental.rnn ----------------------------------------------------------------------
-
-
-def _cudnn_unavailable() -> str | None:
-    backend = jax.default_backend()
-    if backend != "gpu":
-        return f"jax.experimental.rnn.lstm (cuDNN) needs jax's default backend to be 'gpu'; here it is {backend!r}"
-    return None
 
 
 def _build_cudnn(problem: Problem, mode: str) -> Step:

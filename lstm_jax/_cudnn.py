@@ -1,0 +1,173 @@
+"""cuDNN's fused LSTM on the GPU: the ``Impl.CUDNN`` path of :mod:`lstm_jax._driver`, and where ``Impl.KERNEL`` (the
+default) goes when jax's default backend is a GPU.
+
+One layer — one direction, or both directions of a bidirectional layer — runs as one cuDNN call forward and one
+backward (data and weight gradients together), through the primitives of ``jax.experimental.rnn``. What this module
+adds around them:
+
+* **Weights.** The library's :class:`~lstm_jax.LSTMWeights` (kernels (I, 4H) and (H, 4H), gate blocks i, f, g, o)
+  are packed into cuDNN's flat vector inside the traced function — per direction W_ih (4H, I) and W_hh (4H, H)
+  row-major, then per direction b_ih and b_hh (the layout ``jax.experimental.rnn`` documents, PyTorch's gate
+  order) — so the gradients come back in the library's layout through XLA's slicing, and nothing is cached.
+* **The other paths' semantics.** Time-major inputs; lengths outside [1, T] behave as if clipped to [0, T]:
+  cuDNN takes lengths in [1, T] only, so a sequence of length ≤ 0 runs one step there and its outputs and final
+  state are replaced by zeros and the initial state.
+* **``jax.vmap``.** jax's cuDNN primitives have no batching rule. Each is wrapped in
+  ``jax.custom_batching.sequential_vmap`` (a loop over the mapped axis) *inside* a ``custom_vjp`` of our own, so
+  reverse-mode autodiff, which cannot see through ``sequential_vmap``, never meets it.
+
+Float32 only (jax's binding takes no other dtype; bf16 matmuls run the ``Impl.BPTT`` path). The matmul precision
+follows ``jax_default_matmul_precision`` as XLA's own GPU dots do: cuDNN may use TF32 tensor cores unless it asks
+for ``"float32"``/``"highest"``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._cells import LSTMState
+from ._params import LSTMWeights
+from ._typing import Array
+
+try:
+    from jax.experimental import rnn as _rnn
+except ImportError:  # a jax without the module: status() says so
+    _rnn = None
+
+_NEEDED = ("lstm_fwd", "lstm_bwd", "gpu_rnn")
+
+
+def status() -> tuple[bool, str]:
+    """``(available, why)``: whether this process can run cuDNN's LSTM, and the reason when it cannot."""
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return False, f"cuDNN's LSTM needs jax's default backend to be 'gpu'; here it is {backend!r}"
+    missing = [name for name in _NEEDED if _rnn is None or getattr(_rnn, name, None) is None]
+    if missing:
+        return False, f"this jax has no cuDNN LSTM binding (jax.experimental.rnn lacks {', '.join(missing)})"
+    return True, "cuDNN's LSTM through jax.experimental.rnn"
+
+
+def available() -> bool:
+    return status()[0]
+
+
+def supports(weights: Any, carry: Any, xs: Any) -> bool:
+    """Whether this path runs a direction with ``weights``: a plain float32 LSTM, float32 state and inputs."""
+    return (
+        isinstance(weights, LSTMWeights)
+        and weights.peephole is None
+        and weights.layer_norm is None
+        and weights.w_hr is None
+        and isinstance(xs, jax.Array)
+        and all(a.dtype == jnp.float32 for a in (*jax.tree.leaves(weights), *jax.tree.leaves(carry), xs))
+        and available()
+    )
+
+
+def supports_bidirectional(forward: Any, backward: Any, carries: Any, xs: Any) -> bool:
+    """Whether both directions of a layer run in one cuDNN call: both supported, with weights of one shape."""
+    return (
+        supports(forward, carries[0], xs)
+        and supports(backward, carries[1], xs)
+        and all(a.shape == b.shape for a, b in zip(jax.tree.leaves(forward), jax.tree.leaves(backward), strict=True))
+    )
+
+
+def pack(weights: Sequence[LSTMWeights]) -> Array:
+    """cuDNN's flat weight vector of one layer (one or two directions, in that order)."""
+    kernels = [k.T.reshape(-1) for w in weights for k in (w.w_ih, w.w_hh)]
+    biases = [b for w in weights for b in (w.b_ih, w.b_hh)]
+    return jnp.concatenate(kernels + biases)
+
+
+def _options(x: Array, h0: Array, bidirectional: bool) -> dict[str, Any]:
+    return dict(
+        input_size=x.shape[-1], hidden_size=h0.shape[-1], num_layers=1, dropout=0.0, bidirectional=bidirectional
+    )
+
+
+def _forward(x, h0, c0, w, lengths, bidirectional):
+    # precision=None: jax.experimental.rnn reads jax_default_matmul_precision when tracing.
+    return _rnn.lstm_fwd(x, h0, c0, w, lengths, precision=None, **_options(x, h0, bidirectional))
+
+
+def _backward(bidirectional, residuals, cotangents):
+    x, h0 = residuals[:2]
+    options = _options(x, h0, bidirectional)
+    dx, dh0, dc0, dw, _ = _rnn.lstm_bwd(
+        options["input_size"], options["hidden_size"], 1, 0.0, bidirectional, None, residuals, cotangents
+    )
+    return dx, dh0, dc0, dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _layer(x, h0, c0, w, lengths, bidirectional):
+    """cuDNN's LSTM layer, (B, T, I) → ((B, T, D·H), h_n, c_n); vmaps as a loop, differentiates with cuDNN."""
+    return jax.custom_batching.sequential_vmap(lambda *args: _forward(*args, bidirectional)[0])(x, h0, c0, w, lengths)
+
+
+def _layer_fwd(x, h0, c0, w, lengths, bidirectional):
+    return jax.custom_batching.sequential_vmap(lambda *args: _forward(*args, bidirectional))(x, h0, c0, w, lengths)
+
+
+def _layer_bwd(bidirectional, residuals, cotangents):
+    def backward(residuals, cotangents):
+        return _backward(bidirectional, residuals, cotangents)
+
+    dx, dh0, dc0, dw = jax.custom_batching.sequential_vmap(backward)(residuals, cotangents)
+    return dx, dh0, dc0, dw, None
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def _run(
+    weights: Sequence[LSTMWeights], carries: Sequence[LSTMState], xs: Array, lengths: Array | None
+) -> tuple[list[LSTMState], list[Array]]:
+    T, B, _ = xs.shape
+    H = weights[0].hidden_size
+    D = len(weights)
+    h0 = jnp.stack([carry.h for carry in carries])
+    c0 = jnp.stack([carry.c for carry in carries])
+    steps = jnp.full((B,), T, jnp.int32) if lengths is None else jnp.clip(lengths, 1, T).astype(jnp.int32)
+    y, h, c = _layer(jnp.swapaxes(xs, 0, 1), h0, c0, pack(weights), steps, D == 2)
+    ys = jnp.swapaxes(y, 0, 1)
+    if lengths is not None:
+        # Steps past a sequence's length output zeros (cuDNN leaves them unspecified), and a sequence of length
+        # ≤ 0 keeps its initial state (cuDNN ran one step of it).
+        valid = jnp.arange(T)[:, None] < lengths[None, :]
+        ys = jnp.where(valid[:, :, None], ys, jnp.zeros_like(ys))
+        ran = (lengths > 0)[None, :, None]
+        h, c = jnp.where(ran, h, h0), jnp.where(ran, c, c0)
+    states = [LSTMState(h[d], c[d]) for d in range(D)]
+    return states, [ys[..., d * H : (d + 1) * H] for d in range(D)]
+
+
+def lstm_direction(
+    weights: LSTMWeights, carry: LSTMState, xs: Array, *, lengths: Array | None = None
+) -> tuple[LSTMState, Array]:
+    """One forward-in-time direction of one plain LSTM layer in cuDNN: ``(state, ys)``.
+
+    Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=...)``.
+    """
+    (state,), (ys,) = _run((weights,), (carry,), xs, lengths)
+    return state, ys
+
+
+def lstm_bidirectional(
+    weights: tuple[LSTMWeights, LSTMWeights],
+    carries: tuple[LSTMState, LSTMState],
+    xs: Array,
+    *,
+    lengths: Array | None = None,
+) -> tuple[tuple[LSTMState, LSTMState], tuple[Array, Array]]:
+    """Both directions of one plain LSTM layer in one cuDNN call: ``((final_fw, final_bw), (ys_fw, ys_bw))``, the
+    same results as a forward and a reverse :func:`lstm_jax._driver.scan_direction`."""
+    (forward, backward), (ys_fw, ys_bw) = _run(weights, carries, xs, lengths)
+    return (forward, backward), (ys_fw, ys_bw)
