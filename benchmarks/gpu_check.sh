@@ -4,7 +4,7 @@
 # the benchmark's default sweep with cuDNN and torch's CUDA LSTM beside lstm_jax. Every step is time-boxed and runs
 # even if one before it failed; logs and results go to $OUT (default ./gpu-results).
 #
-#   bash benchmarks/gpu_check.sh [budget seconds, default 430]
+#   bash benchmarks/gpu_check.sh [budget seconds, default 430] [sweep (default) | shapes]
 set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
@@ -38,14 +38,24 @@ step() {  # step NAME SECONDS command...: runs the command with at most SECONDS,
 'torch', torch.__version__, 'cudnn', torch.backends.cudnn.version()); print(jax.devices())"
 } 2>&1 | tee "$OUT/environment.log"
 
-# The benchmark before the tests: its figures are what a lease is for; a failing test is cheap to rerun alone.
-step probe 60 $PY benchmarks/gpu_probe.py
-step bench 240 $PY -m lstm_jax bench --impls lstm_jax:kernel lstm_jax:bptt flax torch cudnn --cell bf16 \
-  --out "$OUT/bench"
 PYTEST=($PY -m pytest -q -p no:cacheprovider --no-header -o addopts="-ra --durations=10")
-step tests 130 "${PYTEST[@]}" tests/test_cudnn.py tests/test_impls.py tests/test_bench_flops.py
-step tests_bf16 40 "${PYTEST[@]}" tests/test_variants.py -k bf16
-step bench_L2_bi 120 $PY -m lstm_jax bench --layers 2 --bidirectional --seq-lens 64 1024 \
-  --impls lstm_jax:kernel lstm_jax:bptt torch cudnn --out "$OUT/bench"
+if [[ ${2:-sweep} == sweep ]]; then
+  # The benchmark before the tests: its figures are what a lease is for; a failing test is cheap to rerun alone.
+  step probe 60 $PY benchmarks/gpu_probe.py
+  step bench 240 $PY -m lstm_jax bench --impls lstm_jax:kernel lstm_jax:bptt lstm_jax:cudnn flax torch cudnn \
+    --cell bf16 --out "$OUT/bench"
+  step tests 130 "${PYTEST[@]}" tests/test_cudnn.py tests/test_impls.py tests/test_bench_flops.py
+  step tests_bf16 40 "${PYTEST[@]}" tests/test_variants.py -k bf16
+  step bench_L2_bi 120 $PY -m lstm_jax bench --layers 2 --bidirectional --seq-lens 64 1024 \
+    --impls lstm_jax:kernel lstm_jax:cudnn torch cudnn --out "$OUT/bench"
+else  # "shapes": the cuDNN path's tests, then the sweep's other shapes
+  step tests 70 "${PYTEST[@]}" tests/test_cudnn.py tests/test_impls.py -k "cudnn or unknown"
+  step bench_H512 100 $PY -m lstm_jax bench --input 512 --hidden 512 --seq-lens 64 256 1024 \
+    --impls lstm_jax:kernel lstm_jax:cudnn torch cudnn --cell bf16 --out "$OUT/bench"
+  step bench_L2 70 $PY -m lstm_jax bench --layers 2 --seq-lens 16 256 1024 \
+    --impls lstm_jax:kernel torch cudnn --out "$OUT/bench"
+  step bench_B256 50 $PY -m lstm_jax bench --batch 256 --seq-lens 256 \
+    --impls lstm_jax:kernel lstm_jax:cudnn torch cudnn --out "$OUT/bench"
+fi
 tar czf "$OUT/bench.tgz" -C "$OUT" bench 2>/dev/null && rm -rf "$OUT/bench"
 cat "$OUT/summary.txt"

@@ -50,7 +50,7 @@ def main():
 
     steps = {
         "raw cudnn": (jax.jit(jax.value_and_grad(raw)), weights),
-        "lstm_jax kernel (default)": (jax.jit(jax.value_and_grad(lambda p: loss(p, "kernel"))), params),
+        "lstm_jax cudnn": (jax.jit(jax.value_and_grad(lambda p: loss(p, "cudnn"))), params),
         "lstm_jax bptt": (jax.jit(jax.value_and_grad(lambda p: loss(p, "bptt"))), params),
         "lstm_jax bptt bf16": (
             jax.jit(jax.value_and_grad(lambda p: loss(p, "bptt", matmul_dtype=jnp.bfloat16))),

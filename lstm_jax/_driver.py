@@ -50,7 +50,7 @@ class Impl(enum.Enum):
       bidirectional layer at once; weight gradients as whole-sequence GEMMs, as ``BPTT``. Built with the system's
       C++ compiler on first use. Where it does not apply (not on the CPU backend, no compiler, float64 or bf16,
       projections, the cells ``BPTT`` does not run) the driver takes the ``BPTT`` path, and from there ``SCAN``.
-      On a GPU backend the fused kernel is cuDNN's: ``KERNEL`` runs the ``CUDNN`` path where that applies.
+      On a GPU that is where ``KERNEL`` goes: there ``BPTT`` outran cuDNN (H100, README's GPU table).
     * ``CUDNN`` — the plain float32 LSTM through cuDNN's fused RNN (``jax.experimental.rnn``) on a GPU backend
       (:mod:`lstm_jax._cudnn`): one cuDNN call per layer forward and one backward, both directions of a
       bidirectional layer in the same call. Elsewhere (not on a GPU, float64 or bf16, projections, the cells
@@ -71,8 +71,7 @@ def run_direction(
     """The seam: runs one direction of one layer with the path ``impl`` names, where it applies."""
     if impl is Impl.KERNEL and cell_step is lstm_cell and _kernel.supports(weights, carry, xs):
         return _kernel.lstm_direction(weights, carry, xs, lengths=lengths, reverse=reverse)
-    cudnn = impl in (Impl.KERNEL, Impl.CUDNN) and cell_step is lstm_cell and not reverse
-    if cudnn and _cudnn.supports(weights, carry, xs):
+    if impl is Impl.CUDNN and cell_step is lstm_cell and not reverse and _cudnn.supports(weights, carry, xs):
         return _cudnn.lstm_direction(weights, carry, xs, lengths=lengths)
     if (
         impl in (Impl.BPTT, Impl.KERNEL, Impl.CUDNN)
@@ -93,9 +92,9 @@ def run_direction(
 def fused_directions(cell_step, layer_weights: Sequence[Any], layer_carries: Sequence[Any], xs: Any, impl: Impl):
     """The function that runs a layer's two directions together, or None where they run one after the other.
 
-    ``Impl.KERNEL``: both in one kernel call (``_kernel.lstm_bidirectional``), on a GPU in one cuDNN call
-    (``_cudnn.lstm_bidirectional``, as ``Impl.CUDNN``); ``Impl.BPTT``, or those where they do not apply: both in
-    one scan (``_bptt.lstm_bidirectional``).
+    ``Impl.KERNEL``: both in one kernel call (``_kernel.lstm_bidirectional``); ``Impl.CUDNN``: both in one cuDNN
+    call (``_cudnn.lstm_bidirectional``); ``Impl.BPTT``, or those where they do not apply: both in one scan
+    (``_bptt.lstm_bidirectional``).
     """
     if impl not in (Impl.BPTT, Impl.KERNEL, Impl.CUDNN) or cell_step is not lstm_cell or len(layer_weights) != 2:
         return None
@@ -103,7 +102,7 @@ def fused_directions(cell_step, layer_weights: Sequence[Any], layer_carries: Seq
         return None
     if impl is Impl.KERNEL and _kernel.supports_bidirectional(*layer_weights, layer_carries, xs):
         return _kernel.lstm_bidirectional
-    if impl in (Impl.KERNEL, Impl.CUDNN) and _cudnn.supports_bidirectional(*layer_weights, layer_carries, xs):
+    if impl is Impl.CUDNN and _cudnn.supports_bidirectional(*layer_weights, layer_carries, xs):
         return _cudnn.lstm_bidirectional
     if _bptt.supports_bidirectional(*layer_weights):
         return _bptt.lstm_bidirectional

@@ -331,13 +331,13 @@ def lstm(
         pair (z_h, z_c).
       weight_dropout: DropConnect on ``w_hh`` (Merity et al. 2018, AWD-LSTM), one mask per call.
       matmul_dtype: ``jnp.bfloat16`` for bf16 matmuls with float32 accumulation and a float32 cell state.
-      impl: implementation path: ``"kernel"`` (default; the plain float32 LSTM runs as a fused C++ kernel on
-        XLA:CPU and as cuDNN's LSTM on a GPU; elsewhere — TPU, float64, bf16, projections, peepholes, layer norm —
-        it falls back to ``"bptt"``), ``"cudnn"`` (cuDNN's LSTM on a GPU, else ``"bptt"``), ``"bptt"`` (a
-        hand-written backward pass with whole-sequence weight-gradient GEMMs, falling back to ``"scan"`` where it
-        does not apply), ``"scan"`` (``jax.grad`` of ``lax.scan``, the reference; also the one that supports
-        forward-mode autodiff, ``jax.jvp``/``jacfwd``) or ``"remat"`` (gradient checkpointing of √T-step segments:
-        BPTT memory grows like √T, for one extra forward pass).
+      impl: implementation path: ``"kernel"`` (default; on XLA:CPU the plain float32 LSTM runs as a fused C++
+        kernel; elsewhere — GPU/TPU, float64, bf16, projections, peepholes, layer norm — it falls back to
+        ``"bptt"``), ``"cudnn"`` (cuDNN's LSTM on a GPU, where it was slower than ``"bptt"``; else ``"bptt"``),
+        ``"bptt"`` (a hand-written backward pass with whole-sequence weight-gradient GEMMs, falling back to
+        ``"scan"`` where it does not apply), ``"scan"`` (``jax.grad`` of ``lax.scan``, the reference; also the one
+        that supports forward-mode autodiff, ``jax.jvp``/``jacfwd``) or ``"remat"`` (gradient checkpointing of
+        √T-step segments: BPTT memory grows like √T, for one extra forward pass).
         See :class:`lstm_jax.Impl`. Results agree to float rounding.
 
     Returns:

@@ -3,15 +3,20 @@
 Off a GPU — CI — these tests hold what can be checked without cuDNN: that the packed weights are the layout
 ``jax.experimental.rnn`` documents, that its reference implementation (``lstm_ref``, the function its cuDNN call is
 tested against) computes our LSTM from them, lengths included, and that the path falls back to ``Impl.BPTT``. On a
-GPU the rest run: cuDNN is really called, values and gradients equal the reference path's, under ``jax.vmap`` too.
+GPU the rest run: cuDNN is really called (and only when asked for), values and gradients equal the reference
+path's, under ``jax.vmap`` too.
 test_impls.py holds every path, this one included, to the naive reference and PyTorch.
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import rnn
+from jax.extend.mlir import ir
+from jax.extend.mlir.dialects import stablehlo as hlo
+from jax.interpreters import mlir
 from reference import random_initial_state, random_normal, random_params
 
 import lstm_jax
@@ -67,19 +72,39 @@ def test_off_gpu_the_path_is_bptt():
     assert jaxpr("cudnn") == jaxpr("bptt")
 
 
-def _primitives(fn, *args):
+def test_cudnn_calls_are_pinned_to_row_major_layouts():
+    """jax lowers its cuDNN calls without layouts, and XLA then passed them a transposed array in a transposed
+    layout (wrong outputs on an H100); row_major_lowering pins them. Checked here on a stand-in call lowered for
+    the CPU."""
+
+    def lowering(ctx, x):
+        return hlo.CustomCallOp([x.type, x.type], [x], call_target_name=ir.StringAttr.get("stand_in")).results
+
+    primitive = jax.extend.core.Primitive("lstm_jax_test_stand_in")
+    primitive.multiple_results = True
+    primitive.def_abstract_eval(lambda x: (x, x))
+    mlir.register_lowering(primitive, _cudnn.row_major_lowering(lowering), platform="cpu")
+    text = jax.jit(lambda x: primitive.bind(jnp.swapaxes(x, 0, 2))).lower(jnp.zeros((2, 3, 4))).as_text()
+    assert "operand_layouts = [dense<[2, 1, 0]> : tensor<3xindex>]" in text
+    assert "result_layouts = [dense<[2, 1, 0]> : tensor<3xindex>, dense<[2, 1, 0]> : tensor<3xindex>]" in text
+
+
+def _cudnn_calls(fn, *args):
     jaxpr = str(jax.make_jaxpr(fn)(*args))
-    return jaxpr.count("rnn_fwd"), jaxpr.count("rnn_bwd")
+    return jaxpr.count("lstm_jax_cudnn_lstm_forward"), jaxpr.count("lstm_jax_cudnn_lstm_backward")
 
 
 @on_gpu
-@pytest.mark.parametrize("impl", ["cudnn", "kernel"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_cudnn_is_called_once_per_layer(impl, bidirectional):
+def test_cudnn_is_called_once_per_layer_and_only_when_asked(bidirectional):
     params = lstm_jax.init_lstm(jax.random.key(0), 4, 5, num_layers=2, bidirectional=bidirectional)
     xs = jax.random.normal(jax.random.key(1), (6, 3, 4))
-    grad = jax.grad(lambda p: jnp.sum(lstm_jax.lstm(p, xs, impl=impl)[0]))
-    assert _primitives(grad, params) == (2, 2)
+
+    def grad(impl):
+        return jax.grad(lambda p: jnp.sum(lstm_jax.lstm(p, xs, impl=impl)[0]))
+
+    assert _cudnn_calls(grad("cudnn"), params) == (2, 2)
+    assert _cudnn_calls(grad("kernel"), params) == (0, 0)  # the default takes the bptt path on a GPU
 
 
 @on_gpu
@@ -97,11 +122,12 @@ def test_cudnn_matches_reference_path(bidirectional, batch_first, tol):
     coefficients = random_normal(rng, (B, T, D * H) if batch_first else (T, B, D * H))
 
     def run(impl):
-        def loss(params, xs, state):
+        def loss(params, xs, state, lengths):
             ys, (h_n, c_n) = lstm_jax.lstm(params, xs, state, seq_lengths=lengths, batch_first=batch_first, impl=impl)
             return jnp.sum(ys * coefficients) + jnp.sum(h_n**2) + jnp.sum(jnp.sin(c_n)), (ys, h_n, c_n)
 
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+        # Traced lengths: concrete ones outside [1, T] are refused up front.
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state, lengths)
 
     (_, got), got_grads = run("cudnn")
     (_, want), want_grads = run("scan")

@@ -140,8 +140,10 @@ def test_bptt_falls_back_where_it_does_not_apply():
 
 def test_unknown_impl_is_an_error():
     params = lstm_jax.init_lstm(jax.random.key(0), I, H)
-    with pytest.raises(ValueError, match=r"impl must be one of \['scan', 'bptt', 'remat', 'kernel'\], got 'cudnn'"):
-        lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="cudnn")
+    with pytest.raises(
+        ValueError, match=r"impl must be one of \['scan', 'bptt', 'remat', 'kernel', 'cudnn'\], got 'pallas'"
+    ):
+        lstm_jax.lstm(params, jnp.ones((T, B, I)), impl="pallas")
 
 
 def test_forward_mode_needs_the_scan_path():
