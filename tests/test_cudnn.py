@@ -74,8 +74,8 @@ def test_off_gpu_the_path_is_bptt():
 
 def test_cudnn_calls_are_pinned_to_row_major_layouts():
     """jax lowers its cuDNN calls without layouts, and XLA then passed them a transposed array in a transposed
-    layout (wrong outputs on an H100); row_major_lowering pins them. Checked here on a stand-in call lowered for
-    the CPU."""
+    layout (wrong outputs on an H100); row_major_lowering pins them. Checked on a stand-in call, lowered for
+    whichever backend runs the test."""
 
     def lowering(ctx, x):
         return hlo.CustomCallOp([x.type, x.type], [x], call_target_name=ir.StringAttr.get("stand_in")).results
@@ -83,7 +83,7 @@ def test_cudnn_calls_are_pinned_to_row_major_layouts():
     primitive = jax.extend.core.Primitive("lstm_jax_test_stand_in")
     primitive.multiple_results = True
     primitive.def_abstract_eval(lambda x: (x, x))
-    mlir.register_lowering(primitive, _cudnn.row_major_lowering(lowering), platform="cpu")
+    mlir.register_lowering(primitive, _cudnn.row_major_lowering(lowering))  # for whichever backend is here
     text = jax.jit(lambda x: primitive.bind(jnp.swapaxes(x, 0, 2))).lower(jnp.zeros((2, 3, 4))).as_text()
     assert "operand_layouts = [dense<[2, 1, 0]> : tensor<3xindex>]" in text
     assert "result_layouts = [dense<[2, 1, 0]> : tensor<3xindex>, dense<[2, 1, 0]> : tensor<3xindex>]" in text
