@@ -40,7 +40,7 @@ from jax.extend.mlir import ir
 from jax.interpreters import mlir
 
 from ._cells import LSTMState
-from ._params import LSTMWeights
+from ._params import LSTMWeights, is_plain_float32_lstm, same_shapes
 from ._typing import Array
 
 try:
@@ -82,7 +82,7 @@ def _primitive(name: str, abstract_eval) -> jax.extend.core.Primitive:
     primitive = jax.extend.core.Primitive(name)
     primitive.multiple_results = True
     primitive.def_abstract_eval(abstract_eval)
-    # Only ever bound under jit (see _layer), where the lowering below applies; eagerly it would need an impl rule.
+    # Only ever bound under jit (_layer_jit), where the lowering below applies; eagerly it would need an impl rule.
     return primitive
 
 
@@ -113,24 +113,12 @@ def available() -> bool:
 
 def supports(weights: Any, carry: Any, xs: Any) -> bool:
     """Whether this path runs a direction with ``weights``: a plain float32 LSTM, float32 state and inputs."""
-    return (
-        isinstance(weights, LSTMWeights)
-        and weights.peephole is None
-        and weights.layer_norm is None
-        and weights.w_hr is None
-        and isinstance(xs, jax.Array)
-        and all(a.dtype == jnp.float32 for a in (*jax.tree.leaves(weights), *jax.tree.leaves(carry), xs))
-        and available()
-    )
+    return is_plain_float32_lstm(weights, carry, xs) and available()
 
 
 def supports_bidirectional(forward: Any, backward: Any, carries: Any, xs: Any) -> bool:
     """Whether both directions of a layer run in one cuDNN call: both supported, with weights of one shape."""
-    return (
-        supports(forward, carries[0], xs)
-        and supports(backward, carries[1], xs)
-        and all(a.shape == b.shape for a, b in zip(jax.tree.leaves(forward), jax.tree.leaves(backward), strict=True))
-    )
+    return supports(forward, carries[0], xs) and supports(backward, carries[1], xs) and same_shapes(forward, backward)
 
 
 def pack(weights: Sequence[LSTMWeights]) -> Array:

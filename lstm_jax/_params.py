@@ -117,6 +117,24 @@ class LSTMWeights:
         return self.hidden_size if self.w_hr is None else self.w_hr.shape[-1]
 
 
+def is_plain_float32_lstm(weights, carry, xs) -> bool:
+    """Whether a direction is what the fused paths run (the CPU kernel, cuDNN): an LSTM without projection,
+    peepholes or layer norm, with float32 weights, state and (array) inputs."""
+    return (
+        isinstance(weights, LSTMWeights)
+        and weights.peephole is None
+        and weights.layer_norm is None
+        and weights.w_hr is None
+        and isinstance(xs, jax.Array)
+        and all(a.dtype == jnp.float32 for a in (*jax.tree.leaves(weights), *jax.tree.leaves(carry), xs))
+    )
+
+
+def same_shapes(a, b) -> bool:
+    """Whether two weight pytrees have leaves of the same shapes (a layer's two directions, run in one call)."""
+    return all(x.shape == y.shape for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class GRUWeights:
     """One direction of one GRU layer.

@@ -39,7 +39,7 @@ import numpy as np
 
 from .._bptt import _as_mask
 from .._cells import LSTMState
-from .._params import LSTMWeights
+from .._params import LSTMWeights, is_plain_float32_lstm, same_shapes
 from .._typing import Array
 
 SOURCE = Path(__file__).with_name("lstm_cpu.cc")
@@ -117,24 +117,12 @@ def available() -> bool:
 
 def supports(weights: Any, carry: Any, xs: Any) -> bool:
     """Whether this path runs a direction with ``weights``: a plain float32 LSTM, float32 state and inputs."""
-    return (
-        isinstance(weights, LSTMWeights)
-        and weights.peephole is None
-        and weights.layer_norm is None
-        and weights.w_hr is None
-        and isinstance(xs, jax.Array)
-        and all(a.dtype == jnp.float32 for a in (*jax.tree.leaves(weights), *jax.tree.leaves(carry), xs))
-        and available()
-    )
+    return is_plain_float32_lstm(weights, carry, xs) and available()
 
 
 def supports_bidirectional(forward: Any, backward: Any, carries: Any, xs: Any) -> bool:
     """Whether both directions of a layer run in one call: both supported, with weights of one shape."""
-    return (
-        supports(forward, carries[0], xs)
-        and supports(backward, carries[1], xs)
-        and all(a.shape == b.shape for a, b in zip(jax.tree.leaves(forward), jax.tree.leaves(backward), strict=True))
-    )
+    return supports(forward, carries[0], xs) and supports(backward, carries[1], xs) and same_shapes(forward, backward)
 
 
 def _threads() -> int:
