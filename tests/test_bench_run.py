@@ -262,3 +262,18 @@ def test_tuning_environment_is_recorded(monkeypatch):
     monkeypatch.setenv("LSTM_JAX_KERNEL_INPUT_STEPS", "4")
     monkeypatch.setenv("UNRELATED_SETTING", "x")
     assert environment()["tuning_env"] == {"LSTM_JAX_KERNEL_INPUT_STEPS": "4", "MALLOC_ARENA_MAX": "1"}
+
+
+def test_torch_on_the_cpu_is_not_compared_with_jax_on_a_gpu(monkeypatch):
+    """`make bench` installs a CPU build of torch; on a GPU machine timing it beside jax on the GPU would compare
+    two processors, so the run skips torch with the reason instead."""
+    import jax
+    import torch
+
+    torch_impl = REGISTRY["torch"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_impl.unavailable() is None  # on the CPU both run on the CPU
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert "install a CUDA build of torch" in torch_impl.unavailable()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch_impl.unavailable() is None

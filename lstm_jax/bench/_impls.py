@@ -264,9 +264,12 @@ register(Implementation("flax", "Flax NNX RNN(OptimizedLSTMCell), one per layer"
 
 def _torch_unavailable() -> str | None:
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         return "torch is not installed (pip install 'lstm_jax[bench]')"
+    if jax.default_backend() == "gpu" and not torch.cuda.is_available():
+        # The bench extra pins a CPU build of torch: timing it on the CPU beside jax on the GPU compares machines.
+        return "jax runs on the GPU but torch sees none (a CPU build?): install a CUDA build of torch to compare them"
     return None
 
 
