@@ -42,7 +42,7 @@ PYTEST=($PY -m pytest -q -p no:cacheprovider --no-header -o addopts="-ra --durat
 if [[ ${2:-sweep} == sweep ]]; then
   # The benchmark before the tests: its figures are what a lease is for; a failing test is cheap to rerun alone.
   step probe 60 $PY benchmarks/gpu_probe.py
-  step bench 240 $PY -m lstm_jax bench --impls lstm_jax:kernel lstm_jax:bptt lstm_jax:cudnn flax torch cudnn \
+  step bench 240 $PY -m lstm_jax bench --impls lstm_jax:kernel lstm_jax:cudnn flax torch cudnn \
     --cell bf16 --out "$OUT/bench"
   step tests 130 "${PYTEST[@]}" tests/test_cudnn.py tests/test_impls.py tests/test_bench_flops.py
   step tests_bf16 40 "${PYTEST[@]}" tests/test_variants.py -k bf16

@@ -50,7 +50,7 @@ class Impl(enum.Enum):
       bidirectional layer at once; weight gradients as whole-sequence GEMMs, as ``BPTT``. Built with the system's
       C++ compiler on first use. Where it does not apply (not on the CPU backend, no compiler, float64 or bf16,
       projections, the cells ``BPTT`` does not run) the driver takes the ``BPTT`` path, and from there ``SCAN``.
-      On a GPU that is where ``KERNEL`` goes: there ``BPTT`` outran cuDNN (H100, README's GPU table).
+      So on a GPU ``KERNEL`` runs ``BPTT``, which outran cuDNN there (H100, the README's GPU table).
     * ``CUDNN`` — the plain float32 LSTM through cuDNN's fused RNN (``jax.experimental.rnn``) on a GPU backend
       (:mod:`lstm_jax._cudnn`): one cuDNN call per layer forward and one backward, both directions of a
       bidirectional layer in the same call. Elsewhere (not on a GPU, float64 or bf16, projections, the cells
