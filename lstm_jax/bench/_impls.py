@@ -8,8 +8,9 @@ XLA's memory analysis where there is a compiler. ``--impls`` picks implementatio
 
 Registered today:
 
-* ``lstm_jax:<path>``, one per :class:`lstm_jax.Impl` path of :func:`lstm_jax.lstm` (``lstm_jax:bptt``, the
-  default with a hand-written backward pass, and ``lstm_jax:scan``, ``jax.grad`` of ``lax.scan``); a new path
+* ``lstm_jax:<path>``, one per :class:`lstm_jax.Impl` path of :func:`lstm_jax.lstm` (``lstm_jax:kernel``, the
+  default: the fused CPU kernel, ``bptt`` off the CPU; ``lstm_jax:bptt``, the hand-written backward pass;
+  ``lstm_jax:scan``, ``jax.grad`` of ``lax.scan``; ...); a new path
   is registered as soon as the enum has it (``lstm_jax:cudnn`` runs on a GPU only: elsewhere that path is
   ``bptt``). ``--impls lstm_jax`` selects them all.
 * ``flax``: Flax NNX ``RNN(OptimizedLSTMCell)``, one per layer (an ``nnx.Bidirectional`` pair of them when
