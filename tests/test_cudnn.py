@@ -89,6 +89,18 @@ def test_cudnn_calls_are_pinned_to_row_major_layouts():
     assert "result_layouts = [dense<[2, 1, 0]> : tensor<3xindex>, dense<[2, 1, 0]> : tensor<3xindex>]" in text
 
 
+def test_status_names_what_this_jax_lacks(monkeypatch):
+    """A jax without the pieces of jax.experimental.rnn this path builds on: the reason names them (the driver then
+    takes the bptt path, as off a GPU)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(_cudnn, "_forward_p", None)
+    monkeypatch.setattr(_cudnn, "_rnn", None)
+    available, why = _cudnn.status()
+    assert not available
+    assert "jax.experimental.rnn lacks rnn_abstract_eval, rnn_bwd_abstract_eval" in why
+    assert not _cudnn.supports(lstm_jax.init_lstm(jax.random.key(0), 4, 5)[0][0], None, jnp.zeros((2, 3, 4)))
+
+
 def _cudnn_calls(fn, *args):
     jaxpr = str(jax.make_jaxpr(fn)(*args))
     return jaxpr.count("lstm_jax_cudnn_lstm_forward"), jaxpr.count("lstm_jax_cudnn_lstm_backward")
