@@ -5,6 +5,7 @@ fallbacks where it does not apply. Parity with the naive reference and PyTorch i
 import concurrent.futures
 import ctypes
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -236,15 +237,51 @@ print(json.dumps(advised))
 @pytest.mark.skipif(
     not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"), reason="no transparent huge pages here"
 )
-def test_large_saved_activations_are_advised_to_use_huge_pages():
-    """Outputs of 32 MiB and more get MADV_HUGEPAGE (smaps flag ``hg``) before the kernel writes them, unless
-    LSTM_JAX_KERNEL_HUGE_PAGES=0; smaller ones do not (glibc serves those from its heap)."""
+def test_huge_pages_only_when_asked_for():
+    """With LSTM_JAX_KERNEL_HUGE_PAGES=1, saved outputs of 2 MiB and more get MADV_HUGEPAGE (smaps flag ``hg``)
+    before the kernel writes them; by default, or under 2 MiB, they do not."""
     assert _kernel.available()
-    cases = [(32, "1"), (64, "1"), (64, "0")]  # 16 MiB, 32 MiB, 32 MiB with the advice turned off
+    # 4 MiB of gate activations, by default and with the setting at 0; 1 MiB with it at 1; 4 MiB with it at 1. The
+    # advised case comes last: a later buffer carved out of that range of glibc's heap would carry the advice.
+    cases = [(8, ""), (8, "0"), (2, "1"), (8, "1")]
     result = subprocess.run(
         [sys.executable, "-c", _HUGE_PAGE_PROBE, json.dumps(cases)], capture_output=True, text=True, check=True
     )
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [False, True, False]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [False, False, False, True]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_large_outputs_are_mapped_in_before_they_are_written(parts):
+    """prefault() maps in every whole page of a buffer of 2 MiB or more, the parts (one per thread) together
+    covering it; a smaller buffer is left alone. Checked with mincore on fresh anonymous mappings."""
+    assert _kernel.available()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    prefault = _kernel._library.LstmJaxPrefault
+    prefault.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
+    page, mapped = mmap.PAGESIZE, 16 << 20
+
+    def resident_after_prefault(offset, size):  # residency of the buffer's pages, mapped fresh
+        base = libc.mmap(None, mapped, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        assert base not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            for part in range(parts):
+                prefault(base + offset, size, part, parts)
+            pages = ctypes.create_string_buffer(mapped // page)
+            assert libc.mincore(base, mapped, pages) == 0, ctypes.get_errno()
+            return [byte & 1 for byte in pages.raw]
+        finally:
+            libc.munmap(base, mapped)
+
+    offset, size = 3 * page + 100, (7 << 20) + 5000  # neither end on a page boundary
+    resident = resident_after_prefault(offset, size)
+    first, last = -(-offset // page), (offset + size) // page  # the buffer's whole pages
+    assert all(resident[first:last])
+    assert not any(resident[: first - 1]) and not any(resident[last + 1 :])  # nothing outside the buffer
+    assert not any(resident_after_prefault(offset, (2 << 20) - page))  # under 2 MiB: left alone
 
 
 @pytest.mark.parametrize("floats", [1, 1000, 40_000, 1 << 20])

@@ -266,27 +266,42 @@ size_t l2_bytes() {
   return bytes;
 }
 
-// Asks Linux to back the 2 MiB-aligned interior of a large output buffer with transparent huge pages when it is
-// first written. XLA:CPU allocates a computation's temporary memory afresh for every call, and glibc serves blocks
-// of 32 MiB and more with fresh mappings that it returns to the OS when they are freed, so every call page-faults
-// through the buffers the kernel writes: a fifth of a T = 256 training step went to 4 KiB page faults in perf.
-// With THP in "madvise" mode, the usual default, a fault then maps 2 MiB at once. Measured in one process, the
-// setting switched between rounds: training steps at T = 256 and 1024 took 0.85-0.90x the time in the median and
-// 0.90-0.98x on average, but a call that finds no free huge page can take up to 1.5x the median (README, "How the
-// kernel works"). Blocks this large are normally fresh mappings, so the advice goes with the buffer; smaller ones
-// come from glibc's heap, where it would outlive the buffer. (glibc can carve a large block out of a free chunk of
-// its heap too: the advice then stays on that range, which only makes it eligible for huge pages.)
-// Memory already mapped is unaffected; without THP the hint is a no-op. LSTM_JAX_KERNEL_HUGE_PAGES=0 turns it off.
-constexpr size_t kHugePageMinBytes = size_t{32} << 20;
-void advise_huge_pages(void* data, size_t bytes) {
+// Maps in part `part` of `parts` of a large output buffer before the kernel writes it (MADV_POPULATE_WRITE), each
+// participant thread its own share, in parallel. XLA:CPU allocates a computation's temporary memory afresh for every
+// call, glibc serves large blocks with fresh mappings and returns them to the OS when they are freed, so a training
+// step page-faulted its way through the activations its forward saves: a fault per 4 KiB page, each stalling the
+// other threads at the next barrier. Mapped up front, the pages cost a third less and no barrier waits on them
+// (one layer, T = 1024, timed between Flax and torch calls as the benchmark does: 340-360 ms against 370-400 ms with
+// faults in the loop). Where the pages are mapped already, populating walks them: ~70 ns per page, split between
+// the threads. Buffers under 2 MiB are left alone.
+//
+// LSTM_JAX_KERNEL_HUGE_PAGES=1 also asks for transparent huge pages (MADV_HUGEPAGE on the buffer's 2 MiB-aligned
+// interior). A huge page is zeroed at a third of the cost of its 512 small ones, and steps ran up to 15 % faster
+// when the kernel found huge pages ready; but on this project's benchmark machine, a VM that reports large free
+// blocks back to its host, a process that had just freed large buffers (the benchmark's other implementations) got
+// cold ones, and a third to a half of the timed calls took 1.3-1.7x as long — so the advice is off by default. Where
+// glibc carved the buffer out of its heap the advice stays on that range after the buffer is freed.
+constexpr size_t kPrefaultMinBytes = size_t{2} << 20;
+void prefault(void* data, size_t bytes, int part, int parts) {
+  if (bytes < kPrefaultMinBytes) return;
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20, kPage = 4096;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(data), stop = start + bytes;
+  const uintptr_t huge_begin = (start + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t huge_end = std::max(huge_begin, stop & ~(kHuge - 1));
+  // The parts meet at 2 MiB boundaries, so that no two threads fault in the same huge page.
+  const uintptr_t huge_pages = (huge_end - huge_begin) / kHuge;
+  auto cut = [&](int i) { return i == 0 ? start : i == parts ? stop : huge_begin + huge_pages * i / parts * kHuge; };
+  const uintptr_t lo = cut(part), hi = cut(part + 1);
 #ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (bytes < kHugePageMinBytes) return;
   const char* setting = std::getenv("LSTM_JAX_KERNEL_HUGE_PAGES");
-  if (setting != nullptr && std::strcmp(setting, "0") == 0) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  const uintptr_t advise_lo = std::max(lo, huge_begin), advise_hi = std::min(hi, huge_end);
+  if (setting != nullptr && std::strcmp(setting, "1") == 0 && advise_hi > advise_lo)
+    madvise(reinterpret_cast<void*>(advise_lo), advise_hi - advise_lo, MADV_HUGEPAGE);
+#endif
+#ifdef MADV_POPULATE_WRITE  // Linux 5.14 and later; an older kernel refuses it, and the pages fault in as written
+  const uintptr_t populate_lo = (lo + kPage - 1) & ~(kPage - 1), populate_hi = hi & ~(kPage - 1);
+  if (populate_hi > populate_lo)
+    madvise(reinterpret_cast<void*>(populate_lo), populate_hi - populate_lo, MADV_POPULATE_WRITE);
 #endif
 }
 
@@ -768,14 +783,16 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Bu
                                        " w_hh " + dims_text(w_hh.dimensions()));
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                 static_cast<int>(input_steps)};
-  advise_huge_pages(ys->typed_data(), ys->size_bytes());
-  advise_huge_pages(cs->typed_data(), cs->size_bytes());
-  advise_huge_pages(acts->typed_data(), acts->size_bytes());
   std::vector<Scratch> state;  // per direction: two h buffers and c
   state.reserve(D * 3);
   for (int64_t i = 0; i < D * 3; ++i) state.emplace_back(static_cast<size_t>(B) * s.padded());
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
   run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
+    prefault(ys->typed_data() + d * seq, sizeof(float) * seq, p, P);
+    if (save) {
+      prefault(cs->typed_data() + d * seq, sizeof(float) * seq, p, P);
+      prefault(acts->typed_data() + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
+    }
     forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
                       xs.typed_data(), w_ih.typed_data() + static_cast<size_t>(d) * I * 4 * H,
                       w_hh.typed_data() + static_cast<size_t>(d) * H * 4 * H,
@@ -824,13 +841,15 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
     for (int i = 0; i < 3; ++i) state.emplace_back(static_cast<size_t>(B) * 4 * H);  // dz of three steps
   }
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
+  const size_t input_seq = static_cast<size_t>(T) * B * I;
   run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
+    if (input_grad) prefault(d_xs->typed_data() + d * input_seq, sizeof(float) * input_seq, p, P);
     backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
                        xs.typed_data(), w_ih.typed_data() + d * I * 4 * H, w_hh.typed_data() + d * H * 4 * H,
                        h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * seq,
                        acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * seq,
                        dh_last.typed_data() + d * one, dc_last.typed_data() + d * one,
-                       input_grad ? d_xs->typed_data() + static_cast<size_t>(d) * T * B * I : nullptr,
+                       input_grad ? d_xs->typed_data() + d * input_seq : nullptr,
                        weight_grad ? d_w_ih->typed_data() + d * I * 4 * H : nullptr,
                        weight_grad ? d_w_hh->typed_data() + d * H * 4 * H : nullptr,
                        weight_grad ? d_b->typed_data() + d * 4 * H : nullptr,
@@ -840,6 +859,11 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
 }
 
 }  // namespace
+
+// For the tests: prefault() of part `part` of `parts` of a buffer.
+extern "C" void LstmJaxPrefault(void* data, int64_t bytes, int part, int parts) {
+  prefault(data, static_cast<size_t>(bytes), part, parts);
+}
 
 // For the tests: how far past a 64-byte boundary scratch buffers of `floats` floats start (the largest offset of
 // three taken at once, so that they are distinct buffers of the pool). 0 is what the vector loads rely on.
