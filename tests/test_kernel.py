@@ -68,6 +68,24 @@ def test_kernel_matches_reference_path(shape, bidirectional, tol):
             np.testing.assert_allclose(g, w, **tol["float32_grad"])
 
 
+def test_saved_activations_far_larger_than_the_caches_give_the_same_results(tol):
+    """Saved activations of 21 MiB (more than four L2s of up to 4 MiB) are written with non-temporal stores."""
+    T, B, I, H = 64, 32, 16, 512
+    assert 4 * 5 * T * B * H > 4 * (4 << 20)
+    rng = np.random.default_rng(11)
+    # The default initialisation: random_params' larger weights make a 512-unit network amplify float32 rounding
+    # over 64 steps beyond the tolerance, along any two summation orders.
+    params = lstm_jax.init_lstm(jax.random.key(11), I, H)
+    xs = random_normal(rng, (T, B, I))
+    lengths = jnp.asarray(rng.integers(1, T + 1, size=B))
+    coefficients = random_normal(rng, (T, B, H))
+    for seq_lengths in (None, lengths):
+        (_, got), got_grads = _loss_and_grads("kernel", params, xs, None, seq_lengths, coefficients)
+        (_, want), want_grads = _loss_and_grads("scan", params, xs, None, seq_lengths, coefficients)
+        for g, w in zip(jax.tree.leaves((got, got_grads)), jax.tree.leaves((want, want_grads)), strict=True):
+            np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_any_thread_count_gives_the_same_results(threads, monkeypatch, tol):
     """One thread runs both directions in turn; three split 4 unit blocks unevenly (and 2 directions as 2 + 1)."""
