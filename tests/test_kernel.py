@@ -69,7 +69,8 @@ def test_kernel_matches_reference_path(shape, bidirectional, tol):
 
 
 def test_saved_activations_far_larger_than_the_caches_give_the_same_results(tol):
-    """Saved activations of 21 MiB (more than four L2s of up to 4 MiB) are written with non-temporal stores."""
+    """Saved activations of 21 MiB (more than four L2s of up to 4 MiB), beside a W_hh panel of 2 MiB per thread,
+    are written with non-temporal stores."""
     T, B, I, H = 64, 32, 16, 512
     assert 4 * 5 * T * B * H > 4 * (4 << 20)
     rng = np.random.default_rng(11)

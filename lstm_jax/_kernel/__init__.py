@@ -16,8 +16,8 @@ Two more environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time st
 work; see :func:`_input_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=1``, which asks Linux for transparent huge pages for
 outputs of 2 MiB and more (the saved activations, which XLA allocates afresh for every call). Off by default: on the
 benchmark machine, a VM, huge pages made a third or more of the timed training calls 1.3-1.7x slower
-(``lstm_cpu.cc``, ``prefault``, says why and what they save). Such outputs are mapped in before they are written
-(``MADV_POPULATE_WRITE``) in any case.
+(``lstm_cpu.cc``, ``prefault``, says why and what they save). Such outputs, where fresh, are mapped in before they
+are written (``MADV_POPULATE_WRITE``) in any case.
 """
 
 from __future__ import annotations

@@ -500,10 +500,11 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
           for (int q = 0; q < 4; ++q) store(&z[r * 64 + q * kUnits], load(&panel_bias[(u - u0) * 64 + q * kUnits]));
     }
   };
-  // The saved activations (c and the gates, for the backward call) go around the caches when they are far larger
-  // than the L2s, which they would only churn, evicting the W_hh panel rows each step needs again: at
-  // I = H = 384 and 512 training steps took 0.97-0.99x the time. Smaller ones stay cached for the backward, which
-  // starts with them (T = 16, I = H = 256: streaming them made training steps 1.01-1.03x as long).
+  // The saved activations (c and the gates, for the backward call) go around the caches where this thread's W_hh
+  // panel fills half its L2 or more (I = H = 384 and 512 on two threads) and they are more than four L2s: passing
+  // through, they evicted panel rows the next step needs again (training 0.97-0.99x the time at I = H = 384 and
+  // 512). Otherwise they stay cached for the backward, which starts with them: streamed at I = H = 256, a one-layer
+  // step at T = 16 and a two-layer step at T = 64 took 1.01-1.03x as long.
   const size_t recurrent_panel_bytes = static_cast<size_t>(u1 - u0) * H * 64 * sizeof(float);
   const bool stream_saved = cs != nullptr && sizeof(float) * 5 * T * B * H > 4 * l2_bytes() &&
                             recurrent_panel_bytes >= l2_bytes() / 2;
