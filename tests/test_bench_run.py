@@ -13,8 +13,9 @@ import pytest
 
 from lstm_jax._cli import bench_config, build_parser, main
 from lstm_jax.bench import QUICK, load, recurrent_flops, validate
+from lstm_jax.bench._gradnorm import VARIANTS
 from lstm_jax.bench._impls import MODES, REGISTRY, resolve
-from lstm_jax.bench._plots import PLOTS, _subtitle
+from lstm_jax.bench._plots import COLORS, PLOTS, _palette, _subtitle
 from lstm_jax.bench._report import CSV_COLUMNS, ROW_FIELDS, environment_line
 from lstm_jax.bench._throughput import run_throughput
 
@@ -101,6 +102,16 @@ def test_csv_and_pngs(quick_run):
     for suffix in PLOTS:
         png = (out / f"{stem}-{suffix}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000, suffix
+
+
+@pytest.mark.parametrize("names", [list(REGISTRY), list(VARIANTS)], ids=["implementations", "gradnorm-networks"])
+def test_every_line_of_a_figure_has_a_colour_of_its_own(names):
+    """All registered implementations in one throughput figure (every lstm_jax path, the cells), or every gradient-norm
+    network, plus two unknown names: no two lines share a colour, and the ones named in COLORS keep theirs."""
+    names = [*names, "unknown-a", "unknown-b"]
+    colors = _palette(names)
+    assert len(set(colors.values())) == len(names), colors
+    assert all(colors[name] == COLORS[name] for name in names if name in COLORS)
 
 
 def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):

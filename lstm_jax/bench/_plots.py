@@ -13,9 +13,14 @@ import numpy as np
 
 from ._report import layers
 
+# One colour per benchmark implementation (every lstm_jax path included: a fallback by position in the legend gave
+# the kernel bptt's blue and remat torch's red) and per gradient-norm network.
 COLORS = {
+    "lstm_jax:kernel": "tab:purple",
     "lstm_jax:bptt": "tab:blue",
     "lstm_jax:scan": "tab:cyan",
+    "lstm_jax:remat": "tab:gray",
+    "lstm_jax:cudnn": "tab:olive",
     "flax": "tab:orange",
     "torch": "tab:red",
     "cudnn": "tab:green",
@@ -38,8 +43,25 @@ def _pyplot():
     return plt
 
 
-def _color(name: str, index: int) -> str:
-    return COLORS.get(name, f"C{index % 10}")
+# For the lines of a figure without a colour of their own in COLORS, or whose colour another line took.
+SPARE_COLORS = (
+    *(f"tab:{name}" for name in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")),
+    *("gold", "navy", "teal", "magenta", "lime", "sienna", "slategray", "crimson", "darkkhaki", "indigo"),
+)
+
+
+def _palette(names: list[str]) -> dict[str, str]:
+    """A colour per line of one figure: its own from COLORS where it has one, otherwise the first spare colour no
+    other line of the figure has (names beyond the spares share dark grey; black is the peak line's)."""
+    colors: dict[str, str] = {}
+    for name in names:
+        if name in COLORS and COLORS[name] not in colors.values():
+            colors[name] = COLORS[name]
+    spare = (color for color in SPARE_COLORS if color not in colors.values())
+    for name in names:
+        if name not in colors:
+            colors[name] = next(spare, "darkgray")
+    return colors
 
 
 def _subtitle(doc: dict[str, Any]) -> str:
@@ -95,11 +117,12 @@ def plot_throughput(doc: dict[str, Any], path: pathlib.Path) -> None:
     timed runs."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
+    colors = _palette(list(dict.fromkeys(row["impl"] for row in doc["throughput"])))
     for ax, mode in zip(axes, ("forward", "training"), strict=True):
-        for index, (name, rows) in enumerate(_per_impl(doc, mode).items()):
+        for name, rows in _per_impl(doc, mode).items():
             seq_lens = np.array([r["seq_len"] for r in rows])
             tokens = np.array([r["seq_len"] * r["batch"] for r in rows])
-            color = _color(name, index)
+            color = colors[name]
             ax.plot(seq_lens, [r["tokens_per_s"] for r in rows], "o-", color=color, label=name)
             ax.fill_between(
                 seq_lens,
@@ -126,11 +149,10 @@ def plot_gflops(doc: dict[str, Any], path: pathlib.Path) -> None:
     plt = _pyplot()
     peak = doc["peak"]["gflops"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    colors = _palette(list(dict.fromkeys(row["impl"] for row in doc["throughput"])))
     for ax, mode in zip(axes, ("forward", "training"), strict=True):
-        for index, (name, rows) in enumerate(_per_impl(doc, mode).items()):
-            ax.plot(
-                [r["seq_len"] for r in rows], [r["gflops"] for r in rows], "o-", color=_color(name, index), label=name
-            )
+        for name, rows in _per_impl(doc, mode).items():
+            ax.plot([r["seq_len"] for r in rows], [r["gflops"] for r in rows], "o-", color=colors[name], label=name)
         ax.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak matmul, measured: {peak:.0f} GFLOP/s")
         _seq_len_axis(ax, doc["config"]["seq_lens"])
         ax.set_yscale("log")
@@ -169,8 +191,9 @@ def plot_gradnorm_distance(doc: dict[str, Any], path: pathlib.Path) -> None:
     seq_lens = sorted(grad["config"]["seq_lens"])
     longest = str(seq_lens[-1])
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    for index, (name, variant) in enumerate(grad["variants"].items()):
-        color = _color(name, index)
+    colors = _palette(list(grad["variants"]))
+    for name, variant in grad["variants"].items():
+        color = colors[name]
         curve = variant["input_grad_norm"][longest]
         distance = np.arange(len(curve["geomean"]))
         rate = variant["decay_per_step"]
@@ -224,9 +247,10 @@ def plot_gradnorm_params(doc: dict[str, Any], path: pathlib.Path) -> None:
     plt = _pyplot()
     grad = doc["gradnorm"]
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for index, (name, variant) in enumerate(grad["variants"].items()):
+    colors = _palette(list(grad["variants"]))
+    for name, variant in grad["variants"].items():
         norms = variant["param_grad_norm"]
-        color = _color(name, index)
+        color = colors[name]
         ax.plot(norms["seq_len"], _positive(norms["geomean"]), "o-", color=color, label=variant["label"])
         ax.fill_between(
             norms["seq_len"], _positive(norms["min"]), _positive(norms["max"]), color=color, alpha=0.2, lw=0
