@@ -282,8 +282,8 @@ size_t l2_bytes() {
 // step page-faulted its way through the activations its forward saves: a fault per 4 KiB page, each stalling the
 // other threads at the next barrier. Mapped up front, the pages cost a third less and no barrier waits on them
 // (one layer, T = 1024, timed between Flax and torch calls as the benchmark does: 340-360 ms against 370-400 ms with
-// faults in the loop). Where the pages are mapped already, populating walks them: ~70 ns per page, split between
-// the threads. Buffers under 2 MiB are left alone.
+// faults in the loop). A part whose first page is mapped already (memory glibc hands out again) is left as it is,
+// and so are buffers under 2 MiB.
 //
 // LSTM_JAX_KERNEL_HUGE_PAGES=1 also asks for transparent huge pages (MADV_HUGEPAGE on the buffer's 2 MiB-aligned
 // interior). A huge page is zeroed at a third of the cost of its 512 small ones, and steps ran up to 15 % faster
