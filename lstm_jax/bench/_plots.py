@@ -64,6 +64,11 @@ def _palette(names: list[str]) -> dict[str, str]:
     return colors
 
 
+def _implementation_colors(doc: dict[str, Any]) -> dict[str, str]:
+    """The colours of a run's implementations, the same in its throughput and GFLOP/s figures."""
+    return _palette(list(dict.fromkeys(row["impl"] for row in doc["throughput"])))
+
+
 def _subtitle(doc: dict[str, Any]) -> str:
     env, cfg = doc["environment"], doc["config"]
     return (
@@ -117,7 +122,7 @@ def plot_throughput(doc: dict[str, Any], path: pathlib.Path) -> None:
     timed runs."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=False)
-    colors = _palette(list(dict.fromkeys(row["impl"] for row in doc["throughput"])))
+    colors = _implementation_colors(doc)
     for ax, mode in zip(axes, ("forward", "training"), strict=True):
         for name, rows in _per_impl(doc, mode).items():
             seq_lens = np.array([r["seq_len"] for r in rows])
@@ -149,7 +154,7 @@ def plot_gflops(doc: dict[str, Any], path: pathlib.Path) -> None:
     plt = _pyplot()
     peak = doc["peak"]["gflops"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    colors = _palette(list(dict.fromkeys(row["impl"] for row in doc["throughput"])))
+    colors = _implementation_colors(doc)
     for ax, mode in zip(axes, ("forward", "training"), strict=True):
         for name, rows in _per_impl(doc, mode).items():
             ax.plot([r["seq_len"] for r in rows], [r["gflops"] for r in rows], "o-", color=colors[name], label=name)
