@@ -148,27 +148,34 @@ def _call(target: str, outputs, *args, reverse_bits: int, masked: bool, **attrib
     return call(*args, reverse_bits=np.int64(reverse_bits), masked=masked, threads=np.int64(_threads()), **attributes)
 
 
+def _two(per_direction):
+    """The kernel's two weight operands of one kind: both directions', or the one direction's twice (the same
+    buffer; the kernel reads only the first)."""
+    return per_direction if len(per_direction) == 2 else (per_direction[0], per_direction[0])
+
+
 def _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save):
-    D, T, (B, H) = w_ih.shape[0], xs.shape[0], h0.shape[1:]
+    D, T, (B, H) = len(w_ih), xs.shape[0], h0.shape[1:]
     f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
     saved = (T, B, H) if save else (0, 0, 0)
     outputs = (
-        f32((D, T, B, H)),
+        f32((T, B, D * H)),
         f32((D, B, H)),
         f32((D, B, H)),
         f32((D, *saved)),
         f32((D, *saved[:2], 4 * saved[2])),
     )
     return _call(
-        "lstm_jax_forward", outputs, xs, w_ih, w_hh, b, h0, c0, lengths,
+        "lstm_jax_forward", outputs, xs, *_two(w_ih), *_two(w_hh), *_two(b), h0, c0, lengths,
         reverse_bits=reverse_bits, masked=masked, input_steps=np.int64(_input_steps()),
     )  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def _layer(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
-    """D directions over xs (T, B, I); per direction d: weights (D, ·, 4H), state (D, B, H); bit d of
-    ``reverse_bits`` runs direction d from t = T-1 down. Returns ys (D, T, B, H), h_T, c_T (D, B, H)."""
+    """D directions over xs (T, B, I); weights are tuples of D arrays, (I, 4H), (H, 4H) and (4H,) (the two biases
+    summed), states (D, B, H); bit d of ``reverse_bits`` runs direction d from t = T-1 down. Returns ys
+    (T, B, D·H), direction d in columns d·H to (d+1)·H, and h_T, c_T (D, B, H)."""
     ys, h, c, _, _ = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save=False)
     return ys, h, c
 
@@ -184,11 +191,17 @@ class _Wanted:
     state: bool
 
 
+def _perturbed(*primals) -> bool:
+    return any(primal.perturbed for primal in jax.tree.leaves(primals, is_leaf=lambda p: hasattr(p, "perturbed")))
+
+
+def _value(primal):
+    return jax.tree.map(lambda p: p.value, primal, is_leaf=lambda p: hasattr(p, "perturbed"))
+
+
 def _layer_fwd(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked):
-    wanted = _Wanted(
-        inputs=xs.perturbed, weights=w_ih.perturbed or w_hh.perturbed or b.perturbed, state=h0.perturbed or c0.perturbed
-    )
-    w_ih, w_hh, b, h0, c0, xs, lengths = (p.value for p in (w_ih, w_hh, b, h0, c0, xs, lengths))
+    wanted = _Wanted(inputs=_perturbed(xs), weights=_perturbed(w_ih, w_hh, b), state=_perturbed(h0, c0))
+    w_ih, w_hh, b, h0, c0, xs, lengths = (_value(p) for p in (w_ih, w_hh, b, h0, c0, xs, lengths))
     ys, h, c, cs, acts = _forward(w_ih, w_hh, b, h0, c0, xs, lengths, reverse_bits, masked, save=True)
     return (ys, h, c), (w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts, wanted)
 
@@ -202,26 +215,24 @@ def _dense(cotangent):
 def _layer_bwd(reverse_bits, masked, residuals, cotangents):
     w_ih, w_hh, h0, c0, xs, lengths, ys, cs, acts, wanted = residuals
     d_ys, d_h, d_c = (_dense(cotangent) for cotangent in cotangents)
-    D, T, B, H = ys.shape
+    D, T, B, H = cs.shape
     I = xs.shape[-1]
     steps = jnp.arange(T, dtype=jnp.int32)
     if masked:  # outputs were constant zeros at invalid steps: their cotangents must not reach the state
-        valid = (steps[:, None] < lengths[None, :])[None, :, :, None]
+        valid = (steps[:, None] < lengths[None, :])[:, :, None]
         d_ys = jnp.where(valid, d_ys, jnp.zeros_like(d_ys))
-    # An empty output tells the kernel that gradient is not wanted: it skips its share of the work.
-    shapes = [
-        (D, T, B, I) if wanted.inputs else (D, 0, 0, 0),
-        (D, I, 4 * H) if wanted.weights else (D, 0, 0),
-        (D, H, 4 * H) if wanted.weights else (D, 0, 0),
-        (D, 4 * H) if wanted.weights else (D, 0),
-        (D, B, H),
-        (D, B, H),
-    ]
-    d_xs, d_w_ih, d_w_hh, d_b, dh0, dc0 = _call(
+    # An empty output tells the kernel that gradient is not wanted: it skips its share of the work. The weight
+    # gradients come one output per direction, the second empty for one direction.
+    shapes = [(D, T, B, I) if wanted.inputs else (D, 0, 0, 0)]
+    for shape in ((I, 4 * H), (H, 4 * H), (4 * H,)):
+        shapes += [shape if wanted.weights and d < D else (0,) * len(shape) for d in range(2)]
+    shapes += [(D, B, H), (D, B, H)]
+    d_xs, *d_weights, dh0, dc0 = _call(
         "lstm_jax_backward", tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes),
-        xs, w_ih, w_hh, h0, c0, ys, cs, acts, d_ys, d_h, d_c, lengths,
+        xs, *_two(w_ih), *_two(w_hh), h0, c0, ys, cs, acts, d_ys, d_h, d_c, lengths,
         reverse_bits=reverse_bits, masked=masked,
     )  # fmt: skip
+    d_w_ih, d_w_hh, d_b = (tuple(d_weights[2 * kind : 2 * kind + D]) for kind in range(3))
     if wanted.inputs:
         # An add, not jnp.sum over the direction axis: XLA:CPU lowers that reduction to a kernel that ran at ~2 GB/s
         # (5 % of a bidirectional training step in perf).
@@ -242,15 +253,12 @@ _layer.defvjp(_layer_fwd, _layer_bwd, symbolic_zeros=True)
 
 
 def _run(weights, carries, xs, lengths, reverse_bits):
+    """The layer over xs: ys (T, B, D·H) with the directions side by side, h_T and c_T (D, B, H)."""
     masked, lengths = _as_mask(lengths, xs)
-
-    def stack(field):
-        return jnp.stack([field(w) for w in weights])
-
-    ys, h, c = _layer(
-        stack(lambda w: w.w_ih),
-        stack(lambda w: w.w_hh),
-        stack(lambda w: w.b_ih + w.b_hh),
+    return _layer(
+        tuple(w.w_ih for w in weights),
+        tuple(w.w_hh for w in weights),
+        tuple(w.b_ih + w.b_hh for w in weights),
         jnp.stack([carry.h for carry in carries]),
         jnp.stack([carry.c for carry in carries]),
         xs,
@@ -258,7 +266,6 @@ def _run(weights, carries, xs, lengths, reverse_bits):
         reverse_bits,
         masked,
     )
-    return ys, h, c
 
 
 def lstm_direction(
@@ -269,7 +276,7 @@ def lstm_direction(
     Same contract as ``scan_direction(partial(lstm_cell, weights), carry, xs, lengths=..., reverse=...)``.
     """
     ys, h, c = _run((weights,), (carry,), xs, lengths, int(reverse))
-    return LSTMState(h[0], c[0]), ys[0]
+    return LSTMState(h[0], c[0]), ys
 
 
 def lstm_bidirectional(
@@ -282,4 +289,6 @@ def lstm_bidirectional(
     """Both directions of one plain LSTM layer in one kernel call, each on its own threads, reading the same xs:
     ``((final_fw, final_bw), (ys_fw, ys_bw))``, the same results as two :func:`lstm_direction` calls."""
     ys, h, c = _run(tuple(weights), tuple(carries), xs, lengths, 0b10)
-    return (LSTMState(h[0], c[0]), LSTMState(h[1], c[1])), (ys[0], ys[1])
+    H = h.shape[-1]
+    # The driver concatenates the two halves again, which XLA folds back into ys: no copy is made.
+    return (LSTMState(h[0], c[0]), LSTMState(h[1], c[1])), (ys[..., :H], ys[..., H:])

@@ -426,7 +426,7 @@ void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_p
 // The forward pass of one direction, on thread p of a group of P.
 void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                        const float* xs, const float* w_ih, const float* w_hh, const float* bias, const float* h0, const float* c0,
-                       float* ys, float* h_last, float* c_last, float* cs, float* acts, Scratch* state) {
+                       float* ys, long ys_stride, float* h_last, float* c_last, float* cs, float* acts, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, K = I + H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;
   // This thread's panels: block u holds rows k of [W_ih; W_hh] at columns q*H + unit, as [K][4 gates x 16 units].
@@ -544,11 +544,12 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
           }
           for (int r = 0; r < mr; ++r) {  // the cell update, on the registers
             const int row = r0 + r;
-            const size_t out = (static_cast<size_t>(t) * B + row) * H + u * kUnits;
+            const size_t out = (static_cast<size_t>(t) * B + row) * H + u * kUnits;  // in cs
+            float* y = ys + (static_cast<size_t>(t) * B + row) * ys_stride + u * kUnits;
             float* c_row = c_state + row * Hp + u * kUnits;
             if (lengths != nullptr && t >= lengths[row]) {  // invalid step: state unchanged, output zero
               std::memcpy(h_next + row * Hp + u * kUnits, h + row * Hp + u * kUnits, sizeof(float) * n);
-              store_n(ys + out, splat(0.f), n);
+              store_n(y, splat(0.f), n);
               if (cs != nullptr) store_n(cs + out, load(c_row), n);
               continue;
             }
@@ -557,7 +558,7 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
             const v16 h_new = o * vtanh(c);
             store(c_row, c);
             store(h_next + row * Hp + u * kUnits, h_new);
-            store_n(ys + out, h_new, n);
+            store_n(y, h_new, n);
             if (cs != nullptr) {
               store_n(cs + out, c, n, stream_saved);
               float* a = acts + (static_cast<size_t>(t) * B + row) * 4 * H + u * kUnits;
@@ -624,7 +625,7 @@ inline void accumulate_outer(const float* const* a, int n, int rows, const float
 // dz_t @ [W_hh; W_ih]^T for this thread's units of dh_{t-1} and its share of dx_t.
 void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                         const float* xs, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
-                        const float* ys, const float* acts, const float* cs, const float* d_ys, const float* dh_last,
+                        const float* ys, long ys_stride, const float* acts, const float* cs, const float* d_ys, const float* dh_last,
                         const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b, float* dh0,
                         float* dc0, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H, Hp = s.padded();
@@ -710,7 +711,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       x_rows[row] = xs + at * I;
       // h_{t-1}: the output of the step before where that step ran, else the initial state (see _h_previous).
       const bool ran_before = !first_step && (lengths == nullptr || t_before < lengths[row]);
-      h_rows[row] = ran_before ? ys + (static_cast<size_t>(t_before) * B + row) * H : h0 + row * H;
+      h_rows[row] = ran_before ? ys + (static_cast<size_t>(t_before) * B + row) * ys_stride : h0 + row * H;
       for (int u = u0; u < u1; ++u) {
         const int n = s.units(u), unit = u * kUnits;
         float* z = z_t + row * G + unit;
@@ -727,7 +728,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
         const v16 c = load_n(cs + at * H + unit, n);
         const v16 c_before = load_n(first_step ? c0 + row * H + unit : cs + (static_cast<size_t>(t_before) * B + row) * H + unit, n);
         const v16 tanh_c = vtanh(c);
-        const v16 dh_total = load(dh + row * Hp + unit) + load_n(d_ys + at * H + unit, n);
+        const v16 dh_total = load(dh + row * Hp + unit) + load_n(d_ys + at * ys_stride + unit, n);
         const v16 dc_total = load(dc + row * Hp + unit) + dh_total * o * (1.f - tanh_c * tanh_c);
         const v16 dz_gates[4] = {dc_total * g * i * (1.f - i), dc_total * c_before * f * (1.f - f),
                                  dc_total * i * (1.f - g * g), dh_total * tanh_c * o * (1.f - o)};
@@ -791,22 +792,31 @@ bool has_dims(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> expe
   return dims.size() == expected.size() && std::equal(dims.begin(), dims.end(), expected.begin());
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh, ffi::Buffer<ffi::F32> b,
-                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::S32> lengths,
-                   ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last, ffi::ResultBuffer<ffi::F32> c_last,
-                   ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts, int64_t reverse_bits, bool masked,
-                   int64_t threads, int64_t input_steps, ffi::ThreadPool xla_pool) {
-  if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
-    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
+// The weights come one buffer per direction (the second is the first again for one direction), and the outputs of
+// both directions share one (T, B, D·H) buffer, each direction writing its H columns of every row: so neither the
+// weights of a bidirectional layer nor its outputs are copied into stacked arrays around the call (in XLA, those
+// copies and the unstacking of the weight gradients took ~2 ms of a 35 ms two-layer bidirectional training step at
+// T = 16).
+ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
+                   ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> b_0,
+                   ffi::Buffer<ffi::F32> b_1, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                   ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last,
+                   ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
+                   int64_t reverse_bits, bool masked, int64_t threads, int64_t input_steps, ffi::ThreadPool xla_pool) {
+  if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)");
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
-  const int64_t D = w_hh.dimensions()[0], H = w_hh.dimensions()[1];
+  const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   const bool save = cs->element_count() > 0;
-  if (!has_dims(w_ih.dimensions(), {D, I, 4 * H}) || !has_dims(w_hh.dimensions(), {D, H, 4 * H}) || !has_dims(b.dimensions(), {D, 4 * H}) ||
-      !has_dims(h0.dimensions(), {D, B, H}) || !has_dims(c0.dimensions(), {D, B, H}) ||
-      !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {D, T, B, H}) ||
+  bool weights_fit = D == 1 || D == 2;
+  for (auto* w : {&w_ih_0, &w_ih_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {I, 4 * H});
+  for (auto* w : {&w_hh_0, &w_hh_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {H, 4 * H});
+  for (auto* w : {&b_0, &b_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {4 * H});
+  if (!weights_fit || !has_dims(h0.dimensions(), {D, B, H}) || !has_dims(c0.dimensions(), {D, B, H}) ||
+      !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
       (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
     return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
-                                       " w_hh " + dims_text(w_hh.dimensions()));
+                                       " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                 static_cast<int>(input_steps)};
   std::vector<Scratch> state;  // per direction: two h buffers and c
@@ -814,49 +824,66 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Bu
   for (int64_t i = 0; i < D * 3; ++i) state.emplace_back(static_cast<size_t>(B) * s.padded());
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
   run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
-    prefault(ys->typed_data() + d * seq, sizeof(float) * seq, p, P);
+    // ys is shared: each participant maps in its share of all of it (with groups of unequal size the shares
+    // overlap or leave gaps, which only costs speed).
+    prefault(ys->typed_data(), sizeof(float) * D * seq, d * P + p, static_cast<int>(D) * P);
     if (save) {
       prefault(cs->typed_data() + d * seq, sizeof(float) * seq, p, P);
       prefault(acts->typed_data() + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
     }
     forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
-                      xs.typed_data(), w_ih.typed_data() + static_cast<size_t>(d) * I * 4 * H,
-                      w_hh.typed_data() + static_cast<size_t>(d) * H * 4 * H,
-                      b.typed_data() + d * 4 * H, h0.typed_data() + d * one, c0.typed_data() + d * one,
-                      ys->typed_data() + d * seq, h_last->typed_data() + d * one, c_last->typed_data() + d * one,
+                      xs.typed_data(), (d ? w_ih_1 : w_ih_0).typed_data(), (d ? w_hh_1 : w_hh_0).typed_data(),
+                      (d ? b_1 : b_0).typed_data(), h0.typed_data() + d * one, c0.typed_data() + d * one,
+                      ys->typed_data() + d * H, D * H, h_last->typed_data() + d * one, c_last->typed_data() + d * one,
                       save ? cs->typed_data() + d * seq : nullptr, save ? acts->typed_data() + d * 4 * seq : nullptr,
                       &state[d * 3]);
   });
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::Buffer<ffi::F32> w_hh,
-                    ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ys,
-                    ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> d_ys,
-                    ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> lengths,
-                    ffi::ResultBuffer<ffi::F32> d_xs, ffi::ResultBuffer<ffi::F32> d_w_ih,
-                    ffi::ResultBuffer<ffi::F32> d_w_hh, ffi::ResultBuffer<ffi::F32> d_b, ffi::ResultBuffer<ffi::F32> dh0,
-                    ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked, int64_t threads,
-                    ffi::ThreadPool xla_pool) {
-  if (xs.dimensions().size() != 3 || w_hh.dimensions().size() != 3)
-    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and w_hh (D, H, 4H)");
+ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
+                    ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> h0,
+                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> cs,
+                    ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> dh_last,
+                    ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> d_xs,
+                    ffi::ResultBuffer<ffi::F32> d_w_ih_0, ffi::ResultBuffer<ffi::F32> d_w_ih_1,
+                    ffi::ResultBuffer<ffi::F32> d_w_hh_0, ffi::ResultBuffer<ffi::F32> d_w_hh_1,
+                    ffi::ResultBuffer<ffi::F32> d_b_0, ffi::ResultBuffer<ffi::F32> d_b_1,
+                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked,
+                    int64_t threads, ffi::ThreadPool xla_pool) {
+  if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)");
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
-  const int64_t D = w_hh.dimensions()[0], H = w_hh.dimensions()[1];
-  for (auto* sequence : {&ys, &cs, &d_ys})
-    if (!has_dims(sequence->dimensions(), {D, T, B, H}))
-      return ffi::Error::InvalidArgument("lstm_jax kernel: ys, cs and their cotangents must be (D, T, B, H)");
+  const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
+  for (auto* sequence : {&ys, &d_ys})
+    if (!has_dims(sequence->dimensions(), {T, B, D * H}))
+      return ffi::Error::InvalidArgument("lstm_jax kernel: ys and its cotangent must be (T, B, D·H)");
   for (auto* one : {&h0, &c0, &dh_last, &dc_last})
     if (!has_dims(one->dimensions(), {D, B, H}))
       return ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)");
-  if (!has_dims(w_ih.dimensions(), {D, I, 4 * H}) || !has_dims(w_hh.dimensions(), {D, H, 4 * H}) ||
-      !has_dims(acts.dimensions(), {D, T, B, 4 * H}) || !has_dims(lengths.dimensions(), {B}))
+  bool weights_fit = D == 1 || D == 2;
+  for (auto* w : {&w_ih_0, &w_ih_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {I, 4 * H});
+  for (auto* w : {&w_hh_0, &w_hh_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {H, 4 * H});
+  if (!weights_fit || !has_dims(cs.dimensions(), {D, T, B, H}) || !has_dims(acts.dimensions(), {D, T, B, 4 * H}) ||
+      !has_dims(lengths.dimensions(), {B}))
     return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
-                                       " w_hh " + dims_text(w_hh.dimensions()));
-  // Empty outputs: that gradient is not wanted.
-  const bool input_grad = d_xs->element_count() > 0, weight_grad = d_w_ih->element_count() > 0;
-  if ((input_grad && !has_dims(d_xs->dimensions(), {D, T, B, I})) ||
-      (weight_grad && (!has_dims(d_w_ih->dimensions(), {D, I, 4 * H}) || !has_dims(d_w_hh->dimensions(), {D, H, 4 * H}) ||
-                       !has_dims(d_b->dimensions(), {D, 4 * H}))))
+                                       " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
+  // Empty outputs: that gradient is not wanted (and a second direction's are always empty for one direction).
+  ffi::ResultBuffer<ffi::F32>* d_w_ih[2] = {&d_w_ih_0, &d_w_ih_1};
+  ffi::ResultBuffer<ffi::F32>* d_w_hh[2] = {&d_w_hh_0, &d_w_hh_1};
+  ffi::ResultBuffer<ffi::F32>* d_b[2] = {&d_b_0, &d_b_1};
+  const bool input_grad = d_xs->element_count() > 0, weight_grad = d_w_ih_0->element_count() > 0;
+  bool gradients_fit = !input_grad || has_dims(d_xs->dimensions(), {D, T, B, I});
+  for (int64_t d = 0; d < 2; ++d) {
+    const bool wanted = weight_grad && d < D;
+    gradients_fit = gradients_fit &&
+                    (wanted ? has_dims((*d_w_ih[d])->dimensions(), {I, 4 * H}) &&
+                                  has_dims((*d_w_hh[d])->dimensions(), {H, 4 * H}) &&
+                                  has_dims((*d_b[d])->dimensions(), {4 * H})
+                            : (*d_w_ih[d])->element_count() == 0 && (*d_w_hh[d])->element_count() == 0 &&
+                                  (*d_b[d])->element_count() == 0);
+  }
+  if (!gradients_fit)
     return ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs");
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
   std::vector<Scratch> state;
@@ -871,14 +898,14 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih, ffi::B
   run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
     if (input_grad) prefault(d_xs->typed_data() + d * input_seq, sizeof(float) * input_seq, p, P);
     backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
-                       xs.typed_data(), w_ih.typed_data() + d * I * 4 * H, w_hh.typed_data() + d * H * 4 * H,
-                       h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * seq,
-                       acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * seq,
+                       xs.typed_data(), (d ? w_ih_1 : w_ih_0).typed_data(), (d ? w_hh_1 : w_hh_0).typed_data(),
+                       h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * H, D * H,
+                       acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * H,
                        dh_last.typed_data() + d * one, dc_last.typed_data() + d * one,
                        input_grad ? d_xs->typed_data() + d * input_seq : nullptr,
-                       weight_grad ? d_w_ih->typed_data() + d * I * 4 * H : nullptr,
-                       weight_grad ? d_w_hh->typed_data() + d * H * 4 * H : nullptr,
-                       weight_grad ? d_b->typed_data() + d * 4 * H : nullptr,
+                       weight_grad ? (*d_w_ih[d])->typed_data() : nullptr,
+                       weight_grad ? (*d_w_hh[d])->typed_data() : nullptr,
+                       weight_grad ? (*d_b[d])->typed_data() : nullptr,
                        dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 5]);
   });
   return ffi::Error::Success();
@@ -904,13 +931,16 @@ extern "C" int LstmJaxScratchMisalignment(int64_t floats) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForward, Forward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (T, B, I)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (D, I, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (D, H, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b = b_ih + b_hh (D, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (I, 4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih, direction 1 (direction 0's again if D = 1)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (H, 4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh, direction 1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b = b_ih + b_hh (4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b, direction 1
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (D, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (D, B, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys (D, T, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // ys (T, B, D·H): direction d in columns d·H ...
                                   .Ret<ffi::Buffer<ffi::F32>>()  // h_T (D, B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // c_T (D, B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // cs (D, T, B, H), or empty: not saved
@@ -924,21 +954,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForward, Forward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (T, B, I)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (D, I, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (D, H, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih (I, 4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_ih, direction 1 (direction 0's again if D = 1)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (H, 4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w_hh, direction 1
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (D, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (D, B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys (D, T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // ys (T, B, D·H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cs (D, T, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // gate activations (D, T, B, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // d ys (D, T, B, H), zero at invalid steps
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d ys (T, B, D·H), zero at invalid steps
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d h_T (D, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // d c_T (D, B, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d xs per direction (D, T, B, I), or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih (D, I, 4H), or empty: no weight grads
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (D, H, 4H), or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (D, 4H), or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih (I, 4H), direction 0, or empty: no weight grads
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih, direction 1, or empty (always for D = 1)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (H, 4H), direction 0, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh, direction 1, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (4H), direction 0, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b, direction 1, or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h0 (D, B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c0 (D, B, H)
                                   .Attr<int64_t>("reverse_bits")
