@@ -122,6 +122,25 @@ def test_input_part_in_blocks_of_steps_gives_the_same_results(steps, monkeypatch
             np.testing.assert_allclose(g, w, **tol["float32_grad"])
 
 
+@pytest.mark.parametrize("steps", [3, 8])
+def test_weight_gradients_in_blocks_of_steps_give_the_same_results(steps, monkeypatch, tol):
+    """The backward's weight-gradient update over several steps at once (the kernel does so when a thread's gradient
+    panels outgrow its L2): blocks that do not divide T, both directions, variable lengths, one and two threads."""
+    T, B, I, H = 7, 5, 6, 40
+    rng = np.random.default_rng(10 + steps)
+    params = random_params(rng, lstm_jax.init_lstm, I, H, bidirectional=True)
+    xs = random_normal(rng, (T, B, I))
+    lengths = jnp.array([7, 5, 1, 3, 6])
+    coefficients = random_normal(rng, (T, B, 2 * H))
+    (_, want), want_grads = _loss_and_grads("scan", params, xs, None, lengths, coefficients)
+    monkeypatch.setattr(_kernel, "_gradient_steps", lambda: steps)
+    for threads in (1, 2):
+        monkeypatch.setattr(_kernel, "_threads", lambda threads=threads: threads)
+        (_, got), got_grads = _loss_and_grads("kernel", params, xs, None, lengths, coefficients)
+        for g, w in zip(jax.tree.leaves((got, got_grads)), jax.tree.leaves((want, want_grads)), strict=True):
+            np.testing.assert_allclose(g, w, **tol["float32_grad"])
+
+
 def test_concurrent_calls_and_vmap_agree_with_one_at_a_time():
     """Calls from several Python threads at once share nothing (the scratch pool hands each its own buffers), and
     jax.vmap runs the kernel once per batch element."""

@@ -12,8 +12,10 @@ it cannot be built or does not apply — no compiler, a non-CPU default backend,
 peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:`status` says which and why.
 ``LSTM_JAX_KERNEL=0`` turns the kernel off.
 
-Two more environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
-work; see :func:`_input_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=1``, which asks Linux for transparent huge pages for
+More environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
+work; see :func:`_input_steps`), ``LSTM_JAX_KERNEL_GRADIENT_STEPS`` (time steps per weight-gradient update of the
+backward pass; see :func:`_gradient_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=1``, which asks Linux for transparent
+huge pages for
 outputs of 2 MiB and more (the saved activations, which XLA allocates afresh for every call). Off by default: on the
 benchmark machine, a VM, huge pages made a third or more of the timed training calls 1.3-1.7x slower
 (``lstm_cpu.cc``, ``prefault``, says why and what they save). Such outputs, where fresh, are mapped in before they
@@ -140,6 +142,13 @@ def _input_steps() -> int:
     return int(os.environ.get("LSTM_JAX_KERNEL_INPUT_STEPS", "0"))
 
 
+def _gradient_steps() -> int:
+    """Time steps per weight-gradient update of the backward pass (``$LSTM_JAX_KERNEL_GRADIENT_STEPS``); 0, the
+    default, lets the kernel choose: every step where a thread's gradient panels fit half its core's L2, else every
+    4 steps, over their rows at once."""
+    return int(os.environ.get("LSTM_JAX_KERNEL_GRADIENT_STEPS", "0"))
+
+
 def _call(target: str, outputs, *args, reverse_bits: int, masked: bool, **attributes):
     available, why = status()
     if not available:
@@ -230,7 +239,7 @@ def _layer_bwd(reverse_bits, masked, residuals, cotangents):
     d_xs, *d_weights, dh0, dc0 = _call(
         "lstm_jax_backward", tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes),
         xs, *_two(w_ih), *_two(w_hh), h0, c0, ys, cs, acts, d_ys, d_h, d_c, lengths,
-        reverse_bits=reverse_bits, masked=masked,
+        reverse_bits=reverse_bits, masked=masked, gradient_steps=np.int64(_gradient_steps()),
     )  # fmt: skip
     d_w_ih, d_w_hh, d_b = (tuple(d_weights[2 * kind : 2 * kind + D]) for kind in range(3))
     if wanted.inputs:

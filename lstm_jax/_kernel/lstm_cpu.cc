@@ -12,7 +12,8 @@
 // * Backward: phase 1, per thread and unit block, turns (dh, dc) and the stored gate activations into dz_t and the
 //   next dc; a barrier; phase 2 computes the thread's units of dh_{t-1} = dz_t @ W_hh^T from all of dz_t. Phase 1 of
 //   the next step only reads the thread's own units, so again one barrier per step. The weight gradients of the
-//   thread's columns accumulate step by step, [x_t, h_{t-1}]^T dz_t, in panels that stay in its core's L2.
+//   thread's columns accumulate [x_t, h_{t-1}]^T dz_t in panels, step by step or, where the panels outgrow the
+//   caches, every 4 steps over those steps' rows.
 // * Two directions of a bidirectional layer run on separate thread groups at the same time, each reading xs in its
 //   own order, so no reversed copy of the input is made.
 //
@@ -61,6 +62,7 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));
 constexpr int kUnits = 16;  // hidden units per block: one vector
 constexpr int kRows = 6;    // rows of a register tile: 6 x 4 vectors = 24 accumulators of AVX-512's 32
 constexpr int kChunk = 128; // rows of a weight panel kept in L1 while every row tile passes over it
+constexpr int kGradientSteps = 4;  // time steps per weight-gradient update of the backward pass
 
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
@@ -323,6 +325,7 @@ void prefault(void* data, size_t bytes, int part, int parts) {
 struct Shape {
   int T, B, I, H;
   int input_steps = 0;  // steps per block of the forward's input part; 0: chosen by the panel's size
+  int gradient_steps = 0;  // steps per weight-gradient update of the backward; 0: chosen by the panels' size
   int blocks() const { return (H + kUnits - 1) / kUnits; }
   int padded() const { return blocks() * kUnits; }
   int units(int block) const { return std::min(kUnits, H - block * kUnits); }
@@ -591,8 +594,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
 }
 
 // dW[k0 + r][64 columns of a block] += sum over rows b of a[b][k0 + r] * dz[b][64]: the weight-gradient update of
-// one step, accumulated in L2-resident panels (a contraction over the batch). dz is the block's compact copy,
-// [B][64]: read straight from the step's (B, 4H) buffer, its rows 4 KiB apart, the loads collide in L1's sets.
+// a few steps (a contraction over their batch rows), accumulated in panels. dz is the block's compact copy,
+// [rows][64]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in L1's sets.
 template <int KR>
 inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw) {
   v16 acc[KR][4];
@@ -650,7 +653,17 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   const int gradient_rows = weight_grads ? own : 0;
   Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64), dw_hh(static_cast<size_t>(gradient_rows) * H * 64);
   Scratch db(gradient_rows * 64);
-  Scratch dz_own(static_cast<size_t>(own) * B * 64, false);  // this step's dz of this thread's blocks
+  // Where the thread's dW panels outgrow half its core's L2 (4 MB at I = H = 512 on two threads, 2-3 MB for one
+  // direction of a bidirectional layer), the weight-gradient update runs once per kGradientSteps steps, over all
+  // their rows: updated every step, the panels streamed in and out of L3 every step, and the update took 1.1-1.3x
+  // as long (per-phase timers; blocks of 2 steps gained most of it, of 8 less than 4). Where they fit (1 MB at
+  // I = H = 256), the per-step update fills every barrier gap evenly: blocked, one-layer training at T = 64 took
+  // 1.04x as long in a same-process A/B, although the update alone ran faster.
+  const size_t gradient_panel_bytes = static_cast<size_t>(own) * (I + H) * 64 * sizeof(float);
+  const int S = s.gradient_steps > 0                                            ? s.gradient_steps
+                : weight_grads && gradient_panel_bytes > l2_bytes() / 2 ? kGradientSteps
+                                                                        : 1;
+  Scratch dz_own(static_cast<size_t>(own) * S * B * 64, false);  // dz of this thread's blocks, S steps
   // state = [dh, dc (B x Hp each), dz of three steps (B x 4H each)], shared by the group.
   float* dh = state[0].data();
   float* dc = state[1].data();
@@ -663,7 +676,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       std::memcpy(dh + offset, dh_last + row * H + u * kUnits, sizeof(float) * n);
       std::memcpy(dc + offset, dc_last + row * H + u * kUnits, sizeof(float) * n);
     }
-  std::vector<const float*> x_rows(B), h_rows(B);
+  std::vector<const float*> x_rows(S * B), h_rows(S * B);
   // Phase 2: [dh_{t-1} | dx_t] = dz_t @ [W_hh; W_ih]^T for this thread's output blocks, up to four per tile. Each
   // tile runs over all 4H columns of dz_t at once, its sums staying in registers: in 128-column chunks (so that a
   // chunk of the panels stayed in L1 for all row tiles), saving and reloading the partial sums, the dh part took
@@ -706,14 +719,15 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     for (int row = 0; row < B; ++row) {
       const bool valid = lengths == nullptr || t < lengths[row];
       const size_t at = static_cast<size_t>(t) * B + row;
-      x_rows[row] = xs + at * I;
+      const int slot = (step % S) * B + row;
+      x_rows[slot] = xs + at * I;
       // h_{t-1}: the output of the step before where that step ran, else the initial state (see _h_previous).
       const bool ran_before = !first_step && (lengths == nullptr || t_before < lengths[row]);
-      h_rows[row] = ran_before ? ys + (static_cast<size_t>(t_before) * B + row) * ys_stride : h0 + row * H;
+      h_rows[slot] = ran_before ? ys + (static_cast<size_t>(t_before) * B + row) * ys_stride : h0 + row * H;
       for (int u = u0; u < u1; ++u) {
         const int n = s.units(u), unit = u * kUnits;
         float* z = z_t + row * G + unit;
-        float* z_own = &dz_own[(static_cast<size_t>(u - u0) * B + row) * 64];
+        float* z_own = &dz_own[(static_cast<size_t>(u - u0) * S * B + slot) * 64];
         if (!valid) {  // dh and dc pass through; nothing reaches the weights
           for (int q = 0; q < 4; ++q) {
             store_n(z + q * H, splat(0.f), n);
@@ -738,13 +752,17 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       }
     }
     // dz_t of this thread's units is written: arrive, then do what needs no other thread's dz_t while the others
-    // finish theirs (a fuzzy barrier): this step's weight-gradient update and the previous step's dx.
+    // finish theirs (a fuzzy barrier): the weight-gradient update (every kGradientSteps steps) and the previous
+    // step's dx.
     const int generation = barrier.arrive();
-    for (int u = u0; weight_grads && u < u1; ++u) {  // dW[:, own columns] += [x_t, h_{t-1}]^T dz_t, db += sum dz_t
-      const float* z = &dz_own[static_cast<size_t>(u - u0) * B * 64];
-      accumulate_outer(x_rows.data(), I, B, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
-      accumulate_outer(h_rows.data(), H, B, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64]);
-      for (int row = 0; row < B; ++row)
+    // dW[:, own columns] += [x_t, h_{t-1}]^T dz_t and db += sum dz_t over the rows of the block's steps.
+    const bool block_done = step % S == S - 1 || step == T - 1;
+    const int block_rows = (step % S + 1) * B;
+    for (int u = u0; weight_grads && block_done && u < u1; ++u) {
+      const float* z = &dz_own[static_cast<size_t>(u - u0) * S * B * 64];
+      accumulate_outer(x_rows.data(), I, block_rows, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
+      accumulate_outer(h_rows.data(), H, block_rows, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64]);
+      for (int row = 0; row < block_rows; ++row)
         for (int q = 0; q < 4; ++q) {
           float* sum = &db[(u - u0) * 64 + q * kUnits];
           store(sum, load(sum) + load(z + row * 64 + q * kUnits));
@@ -848,7 +866,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
                     ffi::ResultBuffer<ffi::F32> d_w_hh_0, ffi::ResultBuffer<ffi::F32> d_w_hh_1,
                     ffi::ResultBuffer<ffi::F32> d_b_0, ffi::ResultBuffer<ffi::F32> d_b_1,
                     ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked,
-                    int64_t threads, ffi::ThreadPool xla_pool) {
+                    int64_t threads, int64_t gradient_steps, ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
     return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)");
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
@@ -883,7 +901,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   }
   if (!gradients_fit)
     return ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs");
-  const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H)};
+  const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H), 0,
+                static_cast<int>(gradient_steps)};
   std::vector<Scratch> state;
   state.reserve(D * 5);
   for (int64_t d = 0; d < D; ++d) {
@@ -977,4 +996,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Attr<int64_t>("reverse_bits")
                                   .Attr<bool>("masked")
                                   .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("gradient_steps")  // 0: chosen by the kernel
                                   .Ctx<ffi::ThreadPool>());
