@@ -656,20 +656,26 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // Where the thread's dW panels outgrow half its core's L2 (4 MB at I = H = 512 on two threads, 2-3 MB for one
   // direction of a bidirectional layer), the weight-gradient update runs once per kGradientSteps steps, over all
   // their rows: updated every step, the panels streamed in and out of L3 every step, and the update took 1.1-1.3x
-  // as long (per-phase timers; blocks of 2 steps gained most of it, of 8 less than 4). Where they fit (1 MB at
-  // I = H = 256), the per-step update fills every barrier gap evenly: blocked, one-layer training at T = 64 took
-  // 1.04x as long in a same-process A/B, although the update alone ran faster.
-  const size_t gradient_panel_bytes = static_cast<size_t>(own) * (I + H) * 64 * sizeof(float);
+  // as long (per-phase timers; blocks of 2 steps gained most of it, of 8 less than 4). dx is then formed for the
+  // same blocks of steps, its panels too passing through the caches once per block (bidirectional, I = 512: dx
+  // 0.74x the time, dh beside it 0.90x). Where the dW panels fit (1 MB at I = H = 256), the per-step update fills
+  // every barrier gap evenly: blocked, one-layer training at T = 64 took 1.04x as long in a same-process A/B,
+  // although the update alone ran faster.
+  // Decided for the group's largest share, so that all its threads agree (they share the dz buffers).
+  const size_t gradient_panel_bytes = static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * 64 * sizeof(float);
   const int S = s.gradient_steps > 0                                            ? s.gradient_steps
                 : weight_grads && gradient_panel_bytes > l2_bytes() / 2 ? kGradientSteps
                                                                         : 1;
   Scratch dz_own(static_cast<size_t>(own) * S * B * 64, false);  // dz of this thread's blocks, S steps
-  // state = [dh, dc (B x Hp each), dz of three steps (B x 4H each)], shared by the group.
+  // state = [dh, dc (B x Hp each), a ring of dz buffers (B x 4H each, one after the other)], shared by the group.
   float* dh = state[0].data();
   float* dc = state[1].data();
-  // Three dz buffers: dz_t is read by phase 2 of its step and, for dx, during the next step, while the fastest
-  // thread may already write dz of the step after that.
-  float* dz_buffers[3] = {state[2].data(), state[3].data(), state[4].data()};
+  // dz_t is read by phase 2 of its step and, for dx, during the next step (S = 1), while the fastest thread may
+  // already write dz of the step after that: three buffers. With S > 1, dx is formed for a whole block of S steps
+  // during the first step of the next block, from the block's S buffers side by side, while the next block fills
+  // the other S: 2S buffers.
+  const int ring = S == 1 ? 3 : 2 * S;
+  auto dz_buffer = [&](int step) { return state[2].data() + static_cast<size_t>(step % ring) * B * G; };
   for (int row = 0; row < B; ++row)
     for (int u = u0; u < u1; ++u) {
       const int n = s.units(u), offset = row * Hp + u * kUnits;
@@ -683,27 +689,30 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // 1.07-1.19x and the dx part 1.12-1.18x as long (I = H = 256 and 512, bidirectional, per-phase timers). The
   // panels now pass through L1 once per row tile; with one thread per direction, whose panels do not fit its L2,
   // the weight-gradient update beside it took 1.03-1.07x as long for that, less than the projections gained.
-  auto project = [&](const float* z_t, int t, int slots_begin, int slots_end, bool hidden) {
-    float* dx_t = hidden ? nullptr : d_xs + static_cast<size_t>(t) * B * I;
+  // z: the dz rows of `steps` consecutive steps from `first_step` on (steps = 1 for dh).
+  auto time_of = [&](int step) { return reverse ? step : T - 1 - step; };
+  auto project = [&](const float* z, int first_step, int steps, int slots_begin, int slots_end, bool hidden) {
+    const int rows = steps * B;
     for (int first = slots_begin; first < slots_end; first += 4) {
       const int nv = std::min(4, slots_end - first);
       const float* cols[4];
       for (int v = 0; v < nv; ++v) cols[v] = &panels[static_cast<size_t>(first + v) * G * kUnits];
-      for (int r0 = 0, mr = 0; r0 < B; r0 += mr) {
-        mr = tile_height(B - r0);
+      for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
+        mr = tile_height(rows - r0);
         v16 acc[kRows][4];
         for (int r = 0; r < mr; ++r)
           for (int v = 0; v < nv; ++v) acc[r][v] = splat(0.f);
-        tile_any(mr, nv, z_t + static_cast<size_t>(r0) * G, G, G, cols, kUnits, acc);
+        tile_any(mr, nv, z + static_cast<size_t>(r0) * G, G, G, cols, kUnits, acc);
         for (int r = 0; r < mr; ++r) {
-          const int row = r0 + r;
+          const int row = (r0 + r) % B, t = time_of(first_step + (r0 + r) / B);
           if (hidden) {  // dh of an invalid row passes through unchanged
             if (lengths == nullptr || t < lengths[row])
               for (int v = 0; v < nv; ++v) store(dh + row * Hp + (u0 + first + v) * kUnits, acc[r][v]);
           } else {
+            float* dx = d_xs + (static_cast<size_t>(t) * B + row) * I;
             for (int v = 0; v < nv; ++v) {
               const int block = i0 + first + v - own;
-              store_n(dx_t + row * I + block * kUnits, acc[r][v], std::min(kUnits, I - block * kUnits));
+              store_n(dx + block * kUnits, acc[r][v], std::min(kUnits, I - block * kUnits));
             }
           }
         }
@@ -714,7 +723,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     const int t = reverse ? step : T - 1 - step;
     const int t_before = reverse ? t + 1 : t - 1;  // the step this one started from
     const bool first_step = t_before < 0 || t_before >= T;
-    float* z_t = dz_buffers[step % 3];
+    float* z_t = dz_buffer(step);
     // Phase 1: dz_t and dc_{t-1} for this thread's units.
     for (int row = 0; row < B; ++row) {
       const bool valid = lengths == nullptr || t < lengths[row];
@@ -752,8 +761,8 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       }
     }
     // dz_t of this thread's units is written: arrive, then do what needs no other thread's dz_t while the others
-    // finish theirs (a fuzzy barrier): the weight-gradient update (every kGradientSteps steps) and the previous
-    // step's dx.
+    // finish theirs (a fuzzy barrier): the weight-gradient update and the dx of the previous step (or of the
+    // previous block of S steps).
     const int generation = barrier.arrive();
     // dW[:, own columns] += [x_t, h_{t-1}]^T dz_t and db += sum dz_t over the rows of the block's steps.
     const bool block_done = step % S == S - 1 || step == T - 1;
@@ -768,12 +777,15 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
           store(sum, load(sum) + load(z + row * 64 + q * kUnits));
         }
     }
-    if (step > 0) project(dz_buffers[(step - 1) % 3], reverse ? t - 1 : t + 1, own, own + inputs, false);
+    if (step > 0 && step % S == 0) project(dz_buffer(step - S), step - S, S, own, own + inputs, false);
     barrier.wait(generation);
-    project(z_t, t, 0, own, true);
+    project(z_t, step, 1, 0, own, true);
     // No second barrier: the next phase 1 reads only this thread's units of dh and dc, and writes another dz buffer.
   }
-  if (T > 0) project(dz_buffers[(T - 1) % 3], reverse ? T - 1 : 0, own, own + inputs, false);
+  if (T > 0) {  // dx of the last block of steps
+    const int last_block = (T - 1) / S * S;
+    project(dz_buffer(last_block), last_block, T - last_block, own, own + inputs, false);
+  }
   for (int row = 0; row < B; ++row)
     for (int u = u0; u < u1; ++u) {
       const int n = s.units(u), offset = row * Hp + u * kUnits;
@@ -904,11 +916,13 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H), 0,
                 static_cast<int>(gradient_steps)};
   std::vector<Scratch> state;
-  state.reserve(D * 5);
+  state.reserve(D * 3);
   for (int64_t d = 0; d < D; ++d) {
     state.emplace_back(static_cast<size_t>(B) * s.padded());  // dh
     state.emplace_back(static_cast<size_t>(B) * s.padded());  // dc
-    for (int i = 0; i < 3; ++i) state.emplace_back(static_cast<size_t>(B) * 4 * H);  // dz of three steps
+    // The ring of dz buffers, as many as the backward's blocks of steps can need (backward_direction).
+    const int ring = 2 * std::max<int>(kGradientSteps, static_cast<int>(gradient_steps));
+    state.emplace_back(static_cast<size_t>(std::max(3, ring)) * B * 4 * H, false);  // written before it is read
   }
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
   const size_t input_seq = static_cast<size_t>(T) * B * I;
@@ -923,7 +937,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
                        weight_grad ? (*d_w_ih[d])->typed_data() : nullptr,
                        weight_grad ? (*d_w_hh[d])->typed_data() : nullptr,
                        weight_grad ? (*d_b[d])->typed_data() : nullptr,
-                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 5]);
+                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 3]);
   });
   return ffi::Error::Success();
 }
