@@ -658,14 +658,13 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // their rows: updated every step, the panels streamed in and out of L3 every step, and the update took 1.1-1.3x
   // as long (per-phase timers; blocks of 2 steps gained most of it, of 8 less than 4). dx is then formed for the
   // same blocks of steps, its panels too passing through the caches once per block (bidirectional, I = 512: dx
-  // 0.74x the time, dh beside it 0.90x). Where the dW panels fit (1 MB at I = H = 256), the per-step update fills
-  // every barrier gap evenly: blocked, one-layer training at T = 64 took 1.04x as long in a same-process A/B,
-  // although the update alone ran faster.
+  // 0.74x the time, dh beside it 0.90x). So the blocks are used wherever dx is formed (two layers, I = H = 256:
+  // training 0.97-0.99x the time) or the dW panels outgrow the caches; a one-layer step at I = H = 256, with
+  // neither, took 0.99-1.04x as long in blocks of 4 (same-process A/Bs), and stays per step.
   // Decided for the group's largest share, so that all its threads agree (they share the dz buffers).
   const size_t gradient_panel_bytes = static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * 64 * sizeof(float);
-  const int S = s.gradient_steps > 0                                            ? s.gradient_steps
-                : weight_grads && gradient_panel_bytes > l2_bytes() / 2 ? kGradientSteps
-                                                                        : 1;
+  const bool blocked = input_blocks > 0 || (weight_grads && gradient_panel_bytes > l2_bytes() / 2);
+  const int S = s.gradient_steps > 0 ? s.gradient_steps : blocked ? kGradientSteps : 1;
   Scratch dz_own(static_cast<size_t>(own) * S * B * 64, false);  // dz of this thread's blocks, S steps
   // state = [dh, dc (B x Hp each), a ring of dz buffers (B x 4H each, one after the other)], shared by the group.
   float* dh = state[0].data();
