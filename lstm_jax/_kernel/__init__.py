@@ -15,11 +15,10 @@ peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:
 More environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
 work; see :func:`_input_steps`), ``LSTM_JAX_KERNEL_GRADIENT_STEPS`` (time steps per weight-gradient update of the
 backward pass; see :func:`_gradient_steps`) and ``LSTM_JAX_KERNEL_HUGE_PAGES=1``, which asks Linux for transparent
-huge pages for
-outputs of 2 MiB and more (the saved activations, which XLA allocates afresh for every call). Off by default: on the
-benchmark machine, a VM, huge pages made a third or more of the timed training calls 1.3-1.7x slower
-(``lstm_cpu.cc``, ``prefault``, says why and what they save). Such outputs, where fresh, are mapped in before they
-are written (``MADV_POPULATE_WRITE``) in any case.
+huge pages for outputs of 2 MiB and more (the saved activations, which XLA allocates afresh for every call). Off by
+default: on the benchmark machine, a VM, huge pages made a third or more of the timed training calls 1.3-1.7x
+slower (``lstm_cpu.cc``, ``prefault``, says why and what they save). Such outputs, where fresh, are mapped in
+before they are written (``MADV_POPULATE_WRITE``) in any case.
 """
 
 from __future__ import annotations
