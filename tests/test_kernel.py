@@ -103,10 +103,17 @@ def test_any_thread_count_gives_the_same_results(threads, monkeypatch, tol):
         np.testing.assert_allclose(g, w, **tol["float32_grad"])
 
 
+# The kernel's work in blocks of several steps, each forced by its knob: the forward's x·W_ih part (done so when a
+# thread's weights outgrow its L2) and the backward's weight-gradient update with ∂x (when its gradient panels
+# outgrow the L2, or ∂x is formed).
+BLOCKED_WORK = {"input": "_input_steps", "gradient": "_gradient_steps"}
+
+
+@pytest.mark.parametrize("work", BLOCKED_WORK)
 @pytest.mark.parametrize("steps", [3, 8])
-def test_input_part_in_blocks_of_steps_gives_the_same_results(steps, monkeypatch, tol):
-    """The forward's x·W_ih part computed for several steps at once (the kernel does so when a thread's weights
-    outgrow its L2): blocks that do not divide T, both directions, variable lengths, one and two threads."""
+def test_work_in_blocks_of_steps_gives_the_same_results(work, steps, monkeypatch, tol):
+    """Blocks that do not divide T and one block longer than T, both directions, variable lengths, ∂x formed, one
+    and two threads: the same values and gradients as the reference path."""
     T, B, I, H = 7, 5, 6, 40
     rng = np.random.default_rng(steps)
     params = random_params(rng, lstm_jax.init_lstm, I, H, bidirectional=True)
@@ -114,26 +121,7 @@ def test_input_part_in_blocks_of_steps_gives_the_same_results(steps, monkeypatch
     lengths = jnp.array([7, 5, 1, 3, 6])
     coefficients = random_normal(rng, (T, B, 2 * H))
     (_, want), want_grads = _loss_and_grads("scan", params, xs, None, lengths, coefficients)
-    monkeypatch.setattr(_kernel, "_input_steps", lambda: steps)
-    for threads in (1, 2):
-        monkeypatch.setattr(_kernel, "_threads", lambda threads=threads: threads)
-        (_, got), got_grads = _loss_and_grads("kernel", params, xs, None, lengths, coefficients)
-        for g, w in zip(jax.tree.leaves((got, got_grads)), jax.tree.leaves((want, want_grads)), strict=True):
-            np.testing.assert_allclose(g, w, **tol["float32_grad"])
-
-
-@pytest.mark.parametrize("steps", [3, 8])
-def test_weight_gradients_in_blocks_of_steps_give_the_same_results(steps, monkeypatch, tol):
-    """The backward's weight-gradient update over several steps at once (the kernel does so when a thread's gradient
-    panels outgrow its L2): blocks that do not divide T, both directions, variable lengths, one and two threads."""
-    T, B, I, H = 7, 5, 6, 40
-    rng = np.random.default_rng(10 + steps)
-    params = random_params(rng, lstm_jax.init_lstm, I, H, bidirectional=True)
-    xs = random_normal(rng, (T, B, I))
-    lengths = jnp.array([7, 5, 1, 3, 6])
-    coefficients = random_normal(rng, (T, B, 2 * H))
-    (_, want), want_grads = _loss_and_grads("scan", params, xs, None, lengths, coefficients)
-    monkeypatch.setattr(_kernel, "_gradient_steps", lambda: steps)
+    monkeypatch.setattr(_kernel, BLOCKED_WORK[work], lambda: steps)
     for threads in (1, 2):
         monkeypatch.setattr(_kernel, "_threads", lambda threads=threads: threads)
         (_, got), got_grads = _loss_and_grads("kernel", params, xs, None, lengths, coefficients)
