@@ -702,8 +702,10 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
         for (int r = 0; r < mr; ++r)
           for (int v = 0; v < nv; ++v) acc[r][v] = splat(0.f);
         tile_any(mr, nv, z + static_cast<size_t>(r0) * G, G, G, cols, kUnits, acc);
-        for (int r = 0; r < mr; ++r) {
-          const int row = (r0 + r) % B, t = time_of(first_step + (r0 + r) / B);
+        int step = first_step + r0 / B, row = r0 % B;  // of the tile's first row; a tile may span two steps
+        for (int r = 0; r < mr; ++r, ++row) {
+          if (row == B) row = 0, ++step;
+          const int t = time_of(step);
           if (hidden) {  // dh of an invalid row passes through unchanged
             if (lengths == nullptr || t < lengths[row])
               for (int v = 0; v < nv; ++v) store(dh + row * Hp + (u0 + first + v) * kUnits, acc[r][v]);
