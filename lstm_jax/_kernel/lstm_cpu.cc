@@ -821,6 +821,15 @@ bool has_dims(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> expe
   return dims.size() == expected.size() && std::equal(dims.begin(), dims.end(), expected.begin());
 }
 
+// Whether the weights of D = 1 or 2 directions, one buffer per direction and kind, have the layer's shapes.
+bool weights_fit(int64_t D, int64_t I, int64_t H, ffi::Buffer<ffi::F32>& w_ih_0, ffi::Buffer<ffi::F32>& w_ih_1,
+                 ffi::Buffer<ffi::F32>& w_hh_0, ffi::Buffer<ffi::F32>& w_hh_1) {
+  bool fit = D == 1 || D == 2;
+  for (auto* w : {&w_ih_0, &w_ih_1}) fit = fit && has_dims(w->dimensions(), {I, 4 * H});
+  for (auto* w : {&w_hh_0, &w_hh_1}) fit = fit && has_dims(w->dimensions(), {H, 4 * H});
+  return fit;
+}
+
 // The weights come one buffer per direction (the second is the first again for one direction), and the outputs of
 // both directions share one (T, B, D·H) buffer, each direction writing its H columns of every row: so neither the
 // weights of a bidirectional layer nor its outputs are copied into stacked arrays around the call (in XLA, those
@@ -837,12 +846,9 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
   const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   const bool save = cs->element_count() > 0;
-  bool weights_fit = D == 1 || D == 2;
-  for (auto* w : {&w_ih_0, &w_ih_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {I, 4 * H});
-  for (auto* w : {&w_hh_0, &w_hh_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {H, 4 * H});
-  for (auto* w : {&b_0, &b_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {4 * H});
-  if (!weights_fit || !has_dims(h0.dimensions(), {D, B, H}) || !has_dims(c0.dimensions(), {D, B, H}) ||
-      !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
+  if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !has_dims(b_0.dimensions(), {4 * H}) ||
+      !has_dims(b_1.dimensions(), {4 * H}) || !has_dims(h0.dimensions(), {D, B, H}) ||
+      !has_dims(c0.dimensions(), {D, B, H}) || !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
       (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
     return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
                                        " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
@@ -890,10 +896,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   for (auto* one : {&h0, &c0, &dh_last, &dc_last})
     if (!has_dims(one->dimensions(), {D, B, H}))
       return ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)");
-  bool weights_fit = D == 1 || D == 2;
-  for (auto* w : {&w_ih_0, &w_ih_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {I, 4 * H});
-  for (auto* w : {&w_hh_0, &w_hh_1}) weights_fit = weights_fit && has_dims(w->dimensions(), {H, 4 * H});
-  if (!weights_fit || !has_dims(cs.dimensions(), {D, T, B, H}) || !has_dims(acts.dimensions(), {D, T, B, 4 * H}) ||
+  if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !has_dims(cs.dimensions(), {D, T, B, H}) || !has_dims(acts.dimensions(), {D, T, B, 4 * H}) ||
       !has_dims(lengths.dimensions(), {B}))
     return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
                                        " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
