@@ -4,7 +4,7 @@
 # the benchmark's default sweep with cuDNN and torch's CUDA LSTM beside lstm_jax. Every step is time-boxed and runs
 # even if one before it failed; logs and results go to $OUT (default ./gpu-results).
 #
-#   bash benchmarks/gpu_check.sh [budget seconds, default 430] [sweep (default) | shapes]
+#   bash benchmarks/gpu_check.sh [budget seconds, default 430] [sweep (default) | shapes | bptt]
 set -u
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
@@ -48,6 +48,17 @@ if [[ ${2:-sweep} == sweep ]]; then
   step tests_bf16 40 "${PYTEST[@]}" tests/test_variants.py -k bf16
   step bench_L2_bi 120 $PY -m lstm_jax bench --layers 2 --bidirectional --seq-lens 64 1024 \
     --impls lstm_jax:kernel lstm_jax:cudnn torch cudnn --out "$OUT/bench"
+elif [[ $2 == bptt ]]; then
+  # The bptt path's options (benchmarks/gpu_bptt_variants.py) against cuDNN, then the benchmarks with the fastest
+  # option found for each batch size, then the tests of the bptt path (every option) on the GPU.
+  step variants 150 $PY benchmarks/gpu_bptt_variants.py --out "$OUT"
+  best() { cat "$OUT/best_B$1.env" 2>/dev/null; }
+  step bench_B256 50 env $(best 256) $PY -m lstm_jax bench --batch 256 --seq-lens 256 \
+    --impls lstm_jax:kernel torch cudnn --cell bf16 --out "$OUT/bench"
+  step tests 110 "${PYTEST[@]}" tests/test_impls.py tests/test_variants.py -k "bptt or path or bf16"
+  step bench 200 env $(best 32) $PY -m lstm_jax bench --impls lstm_jax:kernel flax torch cudnn --cell bf16 \
+    --out "$OUT/bench"
+  mkdir -p "$OUT/bench" && mv "$OUT"/*.log "$OUT"/*.env "$OUT"/*.json "$OUT/bench/" 2>/dev/null
 else  # "shapes": the cuDNN path's tests, then the sweep's other shapes
   step tests 70 "${PYTEST[@]}" tests/test_cudnn.py tests/test_impls.py -k "cudnn or unknown"
   step bench_H512 100 $PY -m lstm_jax bench --input 512 --hidden 512 --seq-lens 64 256 1024 \

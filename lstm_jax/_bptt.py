@@ -32,6 +32,7 @@ activations stay float32.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import jax
@@ -69,17 +70,59 @@ def _activations(z: Array) -> Array:
     return jnp.where(is_g, t, 0.5 * t + 0.5)
 
 
-def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse, one_matmul, save):
-    # one_matmul: [x_t, h_{t-1}] @ [W_ih; W_hh] as one matmul per step instead of two: fewer, larger calls into
-    # XLA:CPU's matmul make one direction's forward 1.10-1.18x faster (B=32, I=H=256, 2 cores), but the batched
-    # matmul of two fused directions 0.82-0.85x slower, so lstm_bidirectional keeps the two.
-    w = jnp.concatenate([w_ih, w_hh], axis=0) if one_matmul else None
+INPUT_MODES = ("concat", "separate", "hoisted")
+
+
+def input_mode(bidirectional: bool) -> str:
+    """How the forward scan forms each step's x_t W_ih (``$LSTM_JAX_BPTT_INPUT``; ``auto``, the default, chooses).
+
+    * ``concat`` — [x_t, h_{t-1}] @ [W_ih; W_hh], one matmul per step: on XLA:CPU fewer, larger matmul calls
+      made one direction's forward 1.10-1.18x faster than ``separate`` (B=32, I=H=256, 2 cores);
+    * ``separate`` — x_t W_ih + h_{t-1} W_hh, two matmuls per step: on XLA:CPU the batched matmul of a
+      bidirectional layer's two directions ran 0.82-0.85x slower concatenated, so ``auto`` keeps the two there;
+    * ``hoisted`` — X W_ih + b for all T steps as one GEMM before the scan, as cuDNN does, and only h_{t-1} W_hh
+      inside it: half the sequential matmul work; on XLA:CPU reading the (T, B, 4H) slices made the forward
+      0.4-0.6x as fast (issue 6), so ``auto`` uses it on other backends only.
+
+    Read when a function is traced: a jitted function keeps the mode it was first traced with.
+    """
+    mode = os.environ.get("LSTM_JAX_BPTT_INPUT", "auto")
+    if mode == "auto":
+        if jax.default_backend() != "cpu":
+            return "hoisted"
+        return "separate" if bidirectional else "concat"
+    if mode not in INPUT_MODES:
+        raise ValueError(f"LSTM_JAX_BPTT_INPUT must be 'auto' or one of {INPUT_MODES}, not {mode!r}")
+    return mode
+
+
+def unroll() -> int:
+    """Steps per iteration of the forward and reverse scans (``$LSTM_JAX_BPTT_UNROLL``, default 1): on XLA:CPU
+    ``unroll > 1`` slowed training by up to 2x on small shapes (issue 6). Read when a function is traced."""
+    steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", "1"))
+    if steps < 1:
+        raise ValueError(f"LSTM_JAX_BPTT_UNROLL must be a positive number of steps, not {steps}")
+    return steps
+
+
+def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse, mode, unroll, save):
+    # mode: how x_t W_ih is formed (see input_mode).
+    w = jnp.concatenate([w_ih, w_hh], axis=0) if mode == "concat" else None
+    if mode == "hoisted":
+        inputs = matmul(xs, w_ih) + b[None, None, :]  # (T, B, 4H): one GEMM over all T·B rows, the bias folded in
+    else:
+        inputs = xs
 
     def step(carry, inputs):
         h, c = carry
         x, t = inputs
-        z = matmul(jnp.concatenate([x, h], axis=-1), w) if one_matmul else matmul(x, w_ih) + matmul(h, w_hh)
-        acts = _activations(z + b[None, :])
+        if mode == "hoisted":
+            z = x + matmul(h, w_hh)
+        elif mode == "concat":
+            z = matmul(jnp.concatenate([x, h], axis=-1), w) + b[None, :]
+        else:
+            z = matmul(x, w_ih) + matmul(h, w_hh) + b[None, :]
+        acts = _activations(z)
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
@@ -95,20 +138,20 @@ def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse
         residuals = (c_new, acts) if save else None
         return (h_new, c_new), (y, residuals)
 
-    (h, c), (ys, residuals) = jax.lax.scan(step, (h0, c0), (xs, steps), reverse=reverse)
+    (h, c), (ys, residuals) = jax.lax.scan(step, (h0, c0), (inputs, steps), reverse=reverse, unroll=unroll)
     return ys, h, c, residuals
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
-def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, mode, unroll):
     """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares."""
-    options = dict(masked=masked, reverse=reverse, one_matmul=one_matmul)
+    options = dict(masked=masked, reverse=reverse, mode=mode, unroll=unroll)
     ys, h, c, _ = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=False)
     return ys, h, c
 
 
-def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, one_matmul):
-    options = dict(masked=masked, reverse=reverse, one_matmul=one_matmul)
+def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, mode, unroll):
+    options = dict(masked=masked, reverse=reverse, mode=mode, unroll=unroll)
     ys, h, c, (cs, acts) = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=True)
     return (ys, h, c), (w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts)
 
@@ -136,7 +179,7 @@ def _h_previous(h0: Array, ys: Array, steps: Array, lengths: Array, masked: bool
     return jnp.where(prev_valid[:, :, None], previous, h0[None])
 
 
-def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
+def _lstm_direction_bwd(masked, reverse, mode, unroll, residuals, cotangents):
     w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
     d_ys, d_h, d_c = cotangents
     h_prev = _h_previous(h0, ys, steps, lengths, masked, reverse)
@@ -176,7 +219,9 @@ def _lstm_direction_bwd(masked, reverse, one_matmul, residuals, cotangents):
     valid_rows = (steps[:, None] < lengths[None, :])[:, :, None] if masked else None  # (T, B, 1)
     if masked:
         d_ys = jnp.where(valid_rows, d_ys, jnp.zeros_like(d_ys))
-    (dh0, dc0), (dz, dh_all) = jax.lax.scan(step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse)
+    (dh0, dc0), (dz, dh_all) = jax.lax.scan(
+        step, (d_h, d_c), (d_ys, acts, cs, c_prev, steps), reverse=not reverse, unroll=unroll
+    )
 
     T, B, _ = xs.shape
     dz_rows = dz.reshape(T * B, -1)
@@ -210,8 +255,9 @@ def lstm_direction(
     masked, lengths = _as_mask(lengths, xs)
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     b = weights.b_ih + weights.b_hh
+    options = (masked, reverse, input_mode(bidirectional=False), unroll())
     ys, h, c = _lstm_direction(
-        weights.w_ih, weights.w_hh, b, weights.w_hr, carry.h, carry.c, xs, steps, lengths, masked, reverse, True
+        weights.w_ih, weights.w_hh, b, weights.w_hr, carry.h, carry.c, xs, steps, lengths, *options
     )
     return LSTMState(h, c), ys
 
@@ -251,7 +297,8 @@ def lstm_bidirectional(
     def stack(a, b):
         return jnp.stack([a, b])
 
-    one_direction = functools.partial(_lstm_direction, masked=masked, reverse=False, one_matmul=False)
+    options = dict(masked=masked, reverse=False, mode=input_mode(bidirectional=True), unroll=unroll())
+    one_direction = functools.partial(_lstm_direction, **options)
     run = jax.vmap(one_direction, in_axes=(0,) * 8 + (None,))
     ys, h, c = run(
         stack(forward.w_ih, backward.w_ih),

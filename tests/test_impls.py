@@ -291,3 +291,69 @@ def test_bptt_runs_projected_lstms_too(bidirectional, tol):
             order=1,
             modes=["rev"],
         )
+
+
+def _forward_scan_dots(fn, *args) -> tuple[int, int, int]:
+    """(matmuls inside the first scan's body, matmuls before it, its unroll) in the jaxpr of fn(*args)."""
+    eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
+    while not any(e.primitive.name == "scan" for e in eqns):  # into the custom_vjp / vmap wrappers
+        eqns = next(e for e in eqns if "call_jaxpr" in e.params or "jaxpr" in e.params)
+        inner = eqns.params.get("call_jaxpr", eqns.params.get("jaxpr"))
+        eqns = getattr(inner, "jaxpr", inner).eqns
+    first = next(i for i, e in enumerate(eqns) if e.primitive.name == "scan")
+    body = eqns[first].params["jaxpr"].jaxpr.eqns
+    dots = sum(e.primitive.name == "dot_general" for e in body)
+    return dots, sum(e.primitive.name == "dot_general" for e in eqns[:first]), eqns[first].params["unroll"]
+
+
+@pytest.mark.parametrize("mode, unroll", [("concat", 1), ("separate", 1), ("hoisted", 1), ("hoisted", 3)])
+def test_bptt_input_modes_and_unroll_give_the_same_results(mode, unroll, monkeypatch, tol):
+    """Each way of forming x_t W_ih ($LSTM_JAX_BPTT_INPUT) and any unroll ($LSTM_JAX_BPTT_UNROLL) of the bptt path's
+    scans: values and gradients of the reference path — unidirectional, bidirectional (vmapped) and projected,
+    with lengths and initial states — and each mode's forward scan does the matmuls it says."""
+    from lstm_jax import _bptt
+
+    monkeypatch.setenv("LSTM_JAX_BPTT_INPUT", mode)
+    monkeypatch.setenv("LSTM_JAX_BPTT_UNROLL", str(unroll))
+    rng = np.random.default_rng(7)
+    lengths = jnp.array([6, 1, 4])
+    xs = random_normal(rng, (T, B, I))
+    for bidirectional, proj_size in [(False, 0), (True, 0), (True, 2)]:
+        params = random_params(
+            rng, lstm_jax.init_lstm, I, H, num_layers=2, bidirectional=bidirectional, proj_size=proj_size
+        )
+        state = random_initial_state(rng, params, B)
+
+        def loss(params, xs, state, impl):
+            ys, (h_n, c_n) = lstm_jax.lstm(params, xs, state, seq_lengths=lengths, impl=impl)
+            return jnp.sum(jnp.sin(ys)) + jnp.sum(h_n**2) + jnp.sum(c_n)
+
+        value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+        got, want = value_and_grad(params, xs, state, "bptt"), value_and_grad(params, xs, state, "scan")
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
+
+    weights = lstm_jax.init_lstm(jax.random.key(0), I, H, proj_size=2)[0][0]
+    carry = lstm_jax.LSTMState(random_normal(rng, (B, 2)), random_normal(rng, (B, H)))
+    got = _forward_scan_dots(lambda w, x: _bptt.lstm_direction(w, carry, x)[1], weights, xs)
+    projection = 1  # h = m W_hr inside the body
+    assert got == {"concat": (1 + projection, 0, unroll), "separate": (2 + projection, 0, unroll)}.get(
+        mode, (1 + projection, 1, unroll)
+    )
+
+
+def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch):
+    """Unknown values of the bptt path's environment options are errors; ``auto`` concatenates one direction's
+    matmuls on the CPU, keeps a bidirectional layer's two, and hoists X W_ih out of the scan elsewhere."""
+    from lstm_jax import _bptt
+
+    monkeypatch.setenv("LSTM_JAX_BPTT_INPUT", "fused")
+    with pytest.raises(ValueError, match="LSTM_JAX_BPTT_INPUT"):
+        _bptt.input_mode(bidirectional=False)
+    monkeypatch.setenv("LSTM_JAX_BPTT_UNROLL", "0")
+    with pytest.raises(ValueError, match="LSTM_JAX_BPTT_UNROLL"):
+        _bptt.unroll()
+    monkeypatch.delenv("LSTM_JAX_BPTT_INPUT")
+    monkeypatch.delenv("LSTM_JAX_BPTT_UNROLL")
+    assert _bptt.unroll() == 1
+    modes = (_bptt.input_mode(bidirectional=False), _bptt.input_mode(bidirectional=True))
+    assert modes == (("concat", "separate") if jax.default_backend() == "cpu" else ("hoisted", "hoisted"))

@@ -365,11 +365,14 @@ def test_bf16_params_and_inputs_keep_a_float32_state(impl):
     np.testing.assert_allclose(ys, want, atol=3e-2)
 
 
+@pytest.mark.parametrize("input_mode", ["auto", "hoisted"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_bf16_matmuls_on_the_bptt_path_match_the_reference_path(bidirectional):
+def test_bf16_matmuls_on_the_bptt_path_match_the_reference_path(bidirectional, input_mode, monkeypatch):
     """Impl.BPTT runs bf16 matmuls too (forward, backward and weight-gradient GEMMs, f32 accumulation): its values
     and gradients agree with the reference path's bf16 run to bf16 rounding, and the gradients of bf16 params
-    come back bf16 (those of f32 master weights f32)."""
+    come back bf16 (those of f32 master weights f32). Also with X W_ih hoisted out of the scan (the GPU's
+    default; ``auto`` is the backend's default)."""
+    monkeypatch.setenv("LSTM_JAX_BPTT_INPUT", input_mode)
     params = lstm_jax.init_lstm(jax.random.key(0), I, 16, bidirectional=bidirectional)
     xs = jax.random.normal(jax.random.key(1), (9, B, I))
     lengths = jnp.array([9, 5, 1])
