@@ -99,7 +99,7 @@ def input_mode(bidirectional: bool) -> str:
 def unroll() -> int:
     """Steps per iteration of the forward and reverse scans (``$LSTM_JAX_BPTT_UNROLL``, default 1): on XLA:CPU
     ``unroll > 1`` slowed training by up to 2x on small shapes (issue 6). Read when a function is traced."""
-    steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", "1"))
+    steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", "1" if jax.default_backend() == "cpu" else "4"))
     if steps < 1:
         raise ValueError(f"LSTM_JAX_BPTT_UNROLL must be a positive number of steps, not {steps}")
     return steps

@@ -354,6 +354,5 @@ def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch):
         _bptt.unroll()
     monkeypatch.delenv("LSTM_JAX_BPTT_INPUT")
     monkeypatch.delenv("LSTM_JAX_BPTT_UNROLL")
-    assert _bptt.unroll() == 1
-    modes = (_bptt.input_mode(bidirectional=False), _bptt.input_mode(bidirectional=True))
-    assert modes == (("concat", "separate") if jax.default_backend() == "cpu" else ("hoisted", "hoisted"))
+    modes = (_bptt.input_mode(bidirectional=False), _bptt.input_mode(bidirectional=True), _bptt.unroll())
+    assert modes == (("concat", "separate", 1) if jax.default_backend() == "cpu" else ("hoisted", "hoisted", 4))
