@@ -77,8 +77,9 @@ def _activations(z: Array) -> Array:
 INPUT_MODES = ("concat", "separate", "hoisted")
 
 
-def input_mode(bidirectional: bool) -> str:
-    """How the forward scan forms each step's x_t W_ih (``$LSTM_JAX_BPTT_INPUT``; ``auto``, the default, chooses).
+def input_mode(bidirectional: bool, training: bool) -> str:
+    """How the forward scan forms each step's x_t W_ih (``$LSTM_JAX_BPTT_INPUT``; ``auto``, the default, chooses
+    by backend and by whether the forward pass saves activations for a backward one: ``training``).
 
     * ``concat`` — [x_t, h_{t-1}] @ [W_ih; W_hh], one matmul per step: on XLA:CPU fewer, larger matmul calls
       made one direction's forward 1.10-1.18x faster than ``separate`` (B=32, I=H=256, 2 cores);
@@ -86,8 +87,12 @@ def input_mode(bidirectional: bool) -> str:
       bidirectional layer's two directions ran 0.82-0.85x slower concatenated, so ``auto`` keeps the two there;
     * ``hoisted`` — X W_ih + b for all T steps as one GEMM before the scan, as cuDNN does, and only h_{t-1} W_hh
       inside it: half the sequential matmul work. On an H100 training took 0.95-0.96x the time of ``concat``
-      (B = 32 and 256, T = 256; 0.80x for a bidirectional layer against ``separate``), but on XLA:CPU reading the
-      (T, B, 4H) slices made the forward 0.4-0.6x as fast (issue 6), so ``auto`` uses it off the CPU only.
+      (B = 32 and 256, T = 256; 0.80x for a bidirectional layer against ``separate``), so ``auto`` uses it there
+      always. On XLA:CPU (jax 0.10, 2 cores; with 4 steps per iteration) it made one direction's inference
+      1.17-2.1x faster than ``concat`` (B = 32, I = H = 256 at T = 16 and 64, with and without a projection;
+      I = H = 512; B = 8, H = 128, T = 256), 0.96x at T = 1024 and 1.0x at B = 4, H = 64; but training with it
+      0.80-0.86x as fast at B = 32 (1.30x at B = 8), and a bidirectional layer's inference 0.9x: there ``auto``
+      hoists for one direction's inference only.
 
     Read when a function is traced: a jitted function keeps the mode it was first traced with.
     """
@@ -95,22 +100,30 @@ def input_mode(bidirectional: bool) -> str:
     if mode == "auto":
         if jax.default_backend() != "cpu":
             return "hoisted"
-        return "separate" if bidirectional else "concat"
+        return "separate" if bidirectional else "concat" if training else "hoisted"
     if mode not in INPUT_MODES:
         raise ValueError(f"LSTM_JAX_BPTT_INPUT must be 'auto' or one of {INPUT_MODES}, not {mode!r}")
     return mode
 
 
-def unroll() -> int:
-    """Steps per iteration of the forward and reverse scans (``$LSTM_JAX_BPTT_UNROLL``; by default 1 on the CPU,
-    4 elsewhere): on XLA:CPU ``unroll > 1`` slowed training by up to 2x on small shapes (issue 6); on an H100 four
-    steps per iteration of the hoisted scans took 0.68x (B = 32) and 0.77x (B = 256) the time of one, fewer
-    iterations each with its own kernel launches (``benchmarks/gpu_bptt_variants.py``). Read when a function is
-    traced."""
-    steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", "1" if jax.default_backend() == "cpu" else "4"))
+def unroll(mode: str) -> int:
+    """Steps per iteration of the forward and reverse scans (``$LSTM_JAX_BPTT_UNROLL``; by default 4 for scans with
+    x_t W_ih hoisted out (``mode``) and on backends other than the CPU, else 1). On an H100 four steps per iteration
+    of the hoisted scans took 0.68x (B = 32) and 0.77x (B = 256) the time of one in training, fewer iterations each
+    with its own kernel launches (``benchmarks/gpu_bptt_variants.py``); on XLA:CPU 0.87-1.0x in hoisted inference,
+    while with the matmuls in the loop ``unroll > 1`` slowed autodiff training by up to 2x on small shapes (issue 6)
+    and the bptt path's by up to 1.07x. Read when a function is traced."""
+    default = "1" if jax.default_backend() == "cpu" and mode != "hoisted" else "4"
+    steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", default))
     if steps < 1:
         raise ValueError(f"LSTM_JAX_BPTT_UNROLL must be a positive number of steps, not {steps}")
     return steps
+
+
+def _plan(bidirectional: bool, training: bool) -> tuple[str, int]:
+    """The forward scan's (input mode, unroll)."""
+    mode = input_mode(bidirectional, training)
+    return mode, unroll(mode)
 
 
 def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse, mode, unroll, save):
@@ -151,14 +164,17 @@ def _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, *, masked, reverse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
-def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, mode, unroll):
-    """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares."""
+def _lstm_direction(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, inference, training):
+    """One direction over xs (T, B, I); ``steps`` (T,) is each row's time index, which the length mask compares.
+    ``inference`` and ``training`` are the forward scan's (input mode, unroll) without and with a backward pass."""
+    mode, unroll = inference
     options = dict(masked=masked, reverse=reverse, mode=mode, unroll=unroll)
     ys, h, c, _ = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=False)
     return ys, h, c
 
 
-def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, mode, unroll):
+def _lstm_direction_fwd(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, masked, reverse, inference, training):
+    mode, unroll = training
     options = dict(masked=masked, reverse=reverse, mode=mode, unroll=unroll)
     ys, h, c, (cs, acts) = _forward(w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, **options, save=True)
     return (ys, h, c), (w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts)
@@ -187,7 +203,8 @@ def _h_previous(h0: Array, ys: Array, steps: Array, lengths: Array, masked: bool
     return jnp.where(prev_valid[:, :, None], previous, h0[None])
 
 
-def _lstm_direction_bwd(masked, reverse, mode, unroll, residuals, cotangents):
+def _lstm_direction_bwd(masked, reverse, inference, training, residuals, cotangents):
+    _, unroll = training
     w_ih, w_hh, b, w_hr, h0, c0, xs, steps, lengths, ys, cs, acts = residuals
     d_ys, d_h, d_c = cotangents
     h_prev = _h_previous(h0, ys, steps, lengths, masked, reverse)
@@ -263,7 +280,7 @@ def lstm_direction(
     masked, lengths = _as_mask(lengths, xs)
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     b = weights.b_ih + weights.b_hh
-    options = (masked, reverse, input_mode(bidirectional=False), unroll())
+    options = (masked, reverse, _plan(bidirectional=False, training=False), _plan(bidirectional=False, training=True))
     ys, h, c = _lstm_direction(
         weights.w_ih, weights.w_hh, b, weights.w_hr, carry.h, carry.c, xs, steps, lengths, *options
     )
@@ -305,7 +322,8 @@ def lstm_bidirectional(
     def stack(a, b):
         return jnp.stack([a, b])
 
-    options = dict(masked=masked, reverse=False, mode=input_mode(bidirectional=True), unroll=unroll())
+    plans = dict(inference=_plan(bidirectional=True, training=False), training=_plan(bidirectional=True, training=True))
+    options = dict(masked=masked, reverse=False, **plans)
     one_direction = functools.partial(_lstm_direction, **options)
     run = jax.vmap(one_direction, in_axes=(0,) * 8 + (None,))
     ys, h, c = run(

@@ -341,18 +341,51 @@ def test_bptt_input_modes_and_unroll_give_the_same_results(mode, unroll, monkeyp
     )
 
 
-def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch):
-    """Unknown values of the bptt path's environment options are errors; ``auto`` concatenates one direction's
-    matmuls on the CPU, keeps a bidirectional layer's two, and hoists X W_ih out of the scan elsewhere."""
+def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch, tol):
+    """Unknown values of the bptt path's environment options are errors. ``auto`` hoists X W_ih out of the scan
+    (4 steps per iteration) off the CPU; on the CPU it hoists only one direction's inference, and otherwise
+    concatenates one direction's matmuls and keeps a bidirectional layer's two (1 step per iteration). Inference
+    and training of one function, each with its own plan, give the reference path's values."""
     from lstm_jax import _bptt
 
     monkeypatch.setenv("LSTM_JAX_BPTT_INPUT", "fused")
     with pytest.raises(ValueError, match="LSTM_JAX_BPTT_INPUT"):
-        _bptt.input_mode(bidirectional=False)
+        _bptt.input_mode(bidirectional=False, training=True)
     monkeypatch.setenv("LSTM_JAX_BPTT_UNROLL", "0")
     with pytest.raises(ValueError, match="LSTM_JAX_BPTT_UNROLL"):
-        _bptt.unroll()
+        _bptt.unroll("concat")
     monkeypatch.delenv("LSTM_JAX_BPTT_INPUT")
     monkeypatch.delenv("LSTM_JAX_BPTT_UNROLL")
-    modes = (_bptt.input_mode(bidirectional=False), _bptt.input_mode(bidirectional=True), _bptt.unroll())
-    assert modes == (("concat", "separate", 1) if jax.default_backend() == "cpu" else ("hoisted", "hoisted", 4))
+    plans = {(bi, training): _bptt._plan(bi, training) for bi in (False, True) for training in (False, True)}
+    if jax.default_backend() == "cpu":
+        assert plans == {
+            (False, False): ("hoisted", 4),
+            (False, True): ("concat", 1),
+            (True, False): ("separate", 1),
+            (True, True): ("separate", 1),
+        }
+    else:
+        assert set(plans.values()) == {("hoisted", 4)}
+    # Inference (no backward pass) runs the inference plan, a gradient the training plan: (matmuls in the forward
+    # scan, before it, unroll) are those of the plan's mode.
+    weights = lstm_jax.init_lstm(jax.random.key(0), I, H)[0][0]
+    carry = lstm_jax.LSTMState(*jnp.zeros((2, B, H)))
+
+    def forward(w, x):
+        return jnp.sum(_bptt.lstm_direction(w, carry, x)[1])
+
+    for fn, training in ((forward, False), (jax.grad(forward), True)):
+        mode, unroll = plans[False, training]
+        dots = {"concat": (1, 0), "separate": (2, 0), "hoisted": (1, 1)}[mode]
+        assert _forward_scan_dots(fn, weights, jnp.ones((T, B, I))) == (*dots, unroll)
+
+    params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=2)
+    xs = jax.random.normal(jax.random.key(1), (T, B, I))
+    lengths = jnp.array([6, 1, 4])
+
+    def loss(params, impl):
+        return jnp.sum(jnp.sin(lstm_jax.lstm(params, xs, seq_lengths=lengths, impl=impl)[0]))
+
+    np.testing.assert_allclose(jax.jit(loss, static_argnums=1)(params, "bptt"), loss(params, "scan"), **tol["float32"])
+    got, want = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, impl) for impl in ("bptt", "scan"))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol["float32_grad"]), got, want)
