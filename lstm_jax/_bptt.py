@@ -77,9 +77,14 @@ def _activations(z: Array) -> Array:
 INPUT_MODES = ("concat", "separate", "hoisted")
 
 
-def input_mode(bidirectional: bool, training: bool) -> str:
+# On the CPU one direction's inference hoists X W_ih only while that (T, B, 4H) array is at most this large.
+CPU_HOIST_BYTES = 8 << 20
+
+
+def input_mode(bidirectional: bool, training: bool, projection_bytes: int = 0) -> str:
     """How the forward scan forms each step's x_t W_ih (``$LSTM_JAX_BPTT_INPUT``; ``auto``, the default, chooses
-    by backend and by whether the forward pass saves activations for a backward one: ``training``).
+    by backend, by whether the forward pass saves activations for a backward one (``training``) and by the size of
+    the hoisted projection X W_ih (``projection_bytes``)).
 
     * ``concat`` — [x_t, h_{t-1}] @ [W_ih; W_hh], one matmul per step: on XLA:CPU fewer, larger matmul calls
       made one direction's forward 1.10-1.18x faster than ``separate`` (B=32, I=H=256, 2 cores);
@@ -89,10 +94,11 @@ def input_mode(bidirectional: bool, training: bool) -> str:
       inside it: half the sequential matmul work. On an H100 training took 0.95-0.96x the time of ``concat``
       (B = 32 and 256, T = 256; 0.80x for a bidirectional layer against ``separate``), so ``auto`` uses it there
       always. On XLA:CPU (jax 0.10, 2 cores; with 4 steps per iteration) it made one direction's inference
-      1.17-2.1x faster than ``concat`` (B = 32, I = H = 256 at T = 16 and 64, with and without a projection;
-      I = H = 512; B = 8, H = 128, T = 256), 0.96x at T = 1024 and 1.0x at B = 4, H = 64; but training with it
-      0.80-0.86x as fast at B = 32 (1.30x at B = 8), and a bidirectional layer's inference 0.9x: there ``auto``
-      hoists for one direction's inference only.
+      1.17-2.1x faster than ``concat`` while X W_ih was at most 8 MiB (B = 32, I = H = 256 at T = 16 and 64, with
+      and without a projection; B = 8, H = 128, T = 256) and 1.0x at B = 4, H = 64 — but past that 0.98x (T = 128,
+      16 MiB), 0.91-0.93x (T = 192 and 256) and 0.96x (T = 1024), though 1.47x at I = H = 512, T = 64 (16 MiB);
+      training with it ran 0.80-0.86x as fast at B = 32 (1.30x at B = 8), and a bidirectional layer's inference
+      0.9x. So there ``auto`` hoists for one direction's inference of at most ``CPU_HOIST_BYTES`` only.
 
     Read when a function is traced: a jitted function keeps the mode it was first traced with.
     """
@@ -100,7 +106,9 @@ def input_mode(bidirectional: bool, training: bool) -> str:
     if mode == "auto":
         if jax.default_backend() != "cpu":
             return "hoisted"
-        return "separate" if bidirectional else "concat" if training else "hoisted"
+        if bidirectional:
+            return "separate"
+        return "concat" if training or projection_bytes > CPU_HOIST_BYTES else "hoisted"
     if mode not in INPUT_MODES:
         raise ValueError(f"LSTM_JAX_BPTT_INPUT must be 'auto' or one of {INPUT_MODES}, not {mode!r}")
     return mode
@@ -120,9 +128,10 @@ def unroll(mode: str) -> int:
     return steps
 
 
-def _plan(bidirectional: bool, training: bool) -> tuple[str, int]:
-    """The forward scan's (input mode, unroll)."""
-    mode = input_mode(bidirectional, training)
+def _plan(bidirectional: bool, training: bool, xs: Array, w_ih: Array) -> tuple[str, int]:
+    """The forward scan's (input mode, unroll) over xs (T, B, I) with the input kernel w_ih (I, 4H)."""
+    itemsize = max(4, jnp.result_type(xs, w_ih).itemsize)  # a bf16 kernel's products accumulate in float32
+    mode = input_mode(bidirectional, training, xs.shape[0] * xs.shape[1] * w_ih.shape[-1] * itemsize)
     return mode, unroll(mode)
 
 
@@ -280,7 +289,8 @@ def lstm_direction(
     masked, lengths = _as_mask(lengths, xs)
     steps = jnp.arange(xs.shape[0], dtype=jnp.int32)
     b = weights.b_ih + weights.b_hh
-    options = (masked, reverse, _plan(bidirectional=False, training=False), _plan(bidirectional=False, training=True))
+    plans = [_plan(False, training, xs, weights.w_ih) for training in (False, True)]
+    options = (masked, reverse, *plans)
     ys, h, c = _lstm_direction(
         weights.w_ih, weights.w_hh, b, weights.w_hr, carry.h, carry.c, xs, steps, lengths, *options
     )
@@ -322,7 +332,7 @@ def lstm_bidirectional(
     def stack(a, b):
         return jnp.stack([a, b])
 
-    plans = dict(inference=_plan(bidirectional=True, training=False), training=_plan(bidirectional=True, training=True))
+    plans = {mode: _plan(True, mode == "training", xs, forward.w_ih) for mode in ("inference", "training")}
     options = dict(masked=masked, reverse=False, **plans)
     one_direction = functools.partial(_lstm_direction, **options)
     run = jax.vmap(one_direction, in_axes=(0,) * 8 + (None,))

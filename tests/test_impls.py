@@ -356,7 +356,9 @@ def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch, tol):
         _bptt.unroll("concat")
     monkeypatch.delenv("LSTM_JAX_BPTT_INPUT")
     monkeypatch.delenv("LSTM_JAX_BPTT_UNROLL")
-    plans = {(bi, training): _bptt._plan(bi, training) for bi in (False, True) for training in (False, True)}
+    weights = lstm_jax.init_lstm(jax.random.key(0), I, H)[0][0]
+    xs = jnp.ones((T, B, I))
+    plans = {(bi, training): _bptt._plan(bi, training, xs, weights.w_ih) for bi in (False, True) for training in (0, 1)}
     if jax.default_backend() == "cpu":
         assert plans == {
             (False, False): ("hoisted", 4),
@@ -364,11 +366,15 @@ def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch, tol):
             (True, False): ("separate", 1),
             (True, True): ("separate", 1),
         }
+        # ... and hoists only while X W_ih is small enough to stay fast to read.
+        assert _bptt.input_mode(False, False, projection_bytes=_bptt.CPU_HOIST_BYTES) == "hoisted"
+        assert _bptt.input_mode(False, False, projection_bytes=_bptt.CPU_HOIST_BYTES + 1) == "concat"
+        long_xs = jnp.ones((_bptt.CPU_HOIST_BYTES // (B * 4 * H * 4) + 1, B, I))
+        assert _bptt._plan(False, False, long_xs, weights.w_ih) == ("concat", 1)
     else:
         assert set(plans.values()) == {("hoisted", 4)}
     # Inference (no backward pass) runs the inference plan, a gradient the training plan: (matmuls in the forward
     # scan, before it, unroll) are those of the plan's mode.
-    weights = lstm_jax.init_lstm(jax.random.key(0), I, H)[0][0]
     carry = lstm_jax.LSTMState(*jnp.zeros((2, B, H)))
 
     def forward(w, x):
@@ -377,7 +383,7 @@ def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch, tol):
     for fn, training in ((forward, False), (jax.grad(forward), True)):
         mode, unroll = plans[False, training]
         dots = {"concat": (1, 0), "separate": (2, 0), "hoisted": (1, 1)}[mode]
-        assert _forward_scan_dots(fn, weights, jnp.ones((T, B, I))) == (*dots, unroll)
+        assert _forward_scan_dots(fn, weights, xs) == (*dots, unroll)
 
     params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=2)
     xs = jax.random.normal(jax.random.key(1), (T, B, I))
