@@ -120,7 +120,7 @@ def unroll(mode: str) -> int:
     of the hoisted scans took 0.68x (B = 32) and 0.77x (B = 256) the time of one in training, fewer iterations each
     with its own kernel launches (``benchmarks/gpu_bptt_variants.py``); on XLA:CPU 0.87-1.0x in hoisted inference,
     while with the matmuls in the loop ``unroll > 1`` slowed autodiff training by up to 2x on small shapes (issue 6)
-    and the bptt path's by up to 1.07x. Read when a function is traced."""
+    and the bptt path's by up to 1.06x. Read when a function is traced."""
     default = "1" if jax.default_backend() == "cpu" and mode != "hoisted" else "4"
     steps = int(os.environ.get("LSTM_JAX_BPTT_UNROLL", default))
     if steps < 1:
