@@ -11,27 +11,18 @@ Prints a table and writes ``bptt_variants.json`` and, per batch size, the fastes
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from gpu_probe import median_ms  # beside this script
 
 import lstm_jax
 
 VARIANTS = [("concat", 1), ("separate", 1), ("hoisted", 1), ("hoisted", 2), ("hoisted", 4), ("concat", 2)]
 SHAPES = [(256, 32, 1, False), (256, 256, 1, False), (64, 32, 2, True)]  # (T, B, layers, bidirectional)
 I = H = 256
-
-
-def median_ms(fn, *args, calls=15):
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def build(T, B, layers, bidirectional, variant):
@@ -67,8 +58,8 @@ def main():
         times = {v: {"training": [], "forward": []} for v in variants}
         for _ in range(3):  # interleaved rounds
             for v, (training, forward, params) in steps.items():
-                times[v]["training"].append(median_ms(training, params))
-                times[v]["forward"].append(median_ms(forward, params))
+                times[v]["training"].append(median_ms(training, params, calls=15))
+                times[v]["forward"].append(median_ms(forward, params, calls=15))
         for v in variants:
             row = dict(T=T, B=B, layers=layers, bidirectional=bidirectional, variant=str(v))
             row |= dict(input=v[0], unroll=v[1]) if v != "cudnn" else {}
