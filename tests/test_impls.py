@@ -297,8 +297,8 @@ def _forward_scan_dots(fn, *args) -> tuple[int, int, int]:
     """(matmuls inside the first scan's body, matmuls before it, its unroll) in the jaxpr of fn(*args)."""
     eqns = jax.make_jaxpr(fn)(*args).jaxpr.eqns
     while not any(e.primitive.name == "scan" for e in eqns):  # into the custom_vjp / vmap wrappers
-        eqns = next(e for e in eqns if "call_jaxpr" in e.params or "jaxpr" in e.params)
-        inner = eqns.params.get("call_jaxpr", eqns.params.get("jaxpr"))
+        wrapper = next(e for e in eqns if "call_jaxpr" in e.params or "jaxpr" in e.params)
+        inner = wrapper.params.get("call_jaxpr", wrapper.params.get("jaxpr"))
         eqns = getattr(inner, "jaxpr", inner).eqns
     first = next(i for i, e in enumerate(eqns) if e.primitive.name == "scan")
     body = eqns[first].params["jaxpr"].jaxpr.eqns
@@ -358,7 +358,11 @@ def test_bptt_options_are_checked_and_auto_suits_the_backend(monkeypatch, tol):
     monkeypatch.delenv("LSTM_JAX_BPTT_UNROLL")
     weights = lstm_jax.init_lstm(jax.random.key(0), I, H)[0][0]
     xs = jnp.ones((T, B, I))
-    plans = {(bi, training): _bptt._plan(bi, training, xs, weights.w_ih) for bi in (False, True) for training in (0, 1)}
+    plans = {
+        (bidirectional, training): _bptt._plan(bidirectional, training, xs, weights.w_ih)
+        for bidirectional in (False, True)
+        for training in (False, True)
+    }
     if jax.default_backend() == "cpu":
         assert plans == {
             (False, False): ("hoisted", 4),
