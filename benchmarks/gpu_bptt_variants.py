@@ -29,20 +29,24 @@ def build(T, B, layers, bidirectional, variant):
     """Jitted training and forward steps, traced with the variant's environment (the options are read then)."""
     params = lstm_jax.init_lstm(jax.random.key(0), I, H, num_layers=layers, bidirectional=bidirectional)
     xs = jax.random.normal(jax.random.key(1), (T, B, I))
-    if variant == "cudnn":
-        impl = "cudnn"
-    else:
-        impl = "bptt"
-        os.environ["LSTM_JAX_BPTT_INPUT"], os.environ["LSTM_JAX_BPTT_UNROLL"] = variant[0], str(variant[1])
+    impl = "cudnn" if variant == "cudnn" else "bptt"
+    options = {} if variant == "cudnn" else {"LSTM_JAX_BPTT_INPUT": variant[0], "LSTM_JAX_BPTT_UNROLL": str(variant[1])}
+    saved = {name: os.environ.get(name) for name in options}
 
     def loss(params):
         return jnp.mean(jnp.square(lstm_jax.lstm(params, xs, impl=impl)[0]))
 
-    training = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
-    forward = jax.jit(lambda p: lstm_jax.lstm(p, xs, impl=impl)[0]).lower(params).compile()
+    os.environ.update(options)
+    try:
+        training = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+        forward = jax.jit(lambda p: lstm_jax.lstm(p, xs, impl=impl)[0]).lower(params).compile()
+    finally:  # the caller's own settings back
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     jax.block_until_ready((training(params), forward(params)))
-    os.environ.pop("LSTM_JAX_BPTT_INPUT", None)
-    os.environ.pop("LSTM_JAX_BPTT_UNROLL", None)
     return training, forward, params
 
 

@@ -51,11 +51,11 @@ if [[ ${2:-sweep} == sweep ]]; then
 elif [[ $2 == bptt ]]; then
   # The bptt path's options (benchmarks/gpu_bptt_variants.py) against cuDNN, then the benchmarks with the fastest
   # option found for each batch size, then the tests of the bptt path (every option) on the GPU.
-  step variants 150 $PY benchmarks/gpu_bptt_variants.py --out "$OUT"
+  step variants 100 $PY benchmarks/gpu_bptt_variants.py --out "$OUT"  # 70 s on an H100
   best() { cat "$OUT/best_B$1.env" 2>/dev/null; }
   step bench_B256 50 env $(best 256) $PY -m lstm_jax bench --batch 256 --seq-lens 256 \
     --impls lstm_jax:kernel torch cudnn --cell bf16 --out "$OUT/bench"
-  step tests 110 "${PYTEST[@]}" tests/test_impls.py tests/test_variants.py -k "bptt or path or bf16"
+  step tests 160 "${PYTEST[@]}" tests/test_impls.py tests/test_variants.py -k "bptt or path or bf16"  # ~150 s
   step bench 200 env $(best 32) $PY -m lstm_jax bench --impls lstm_jax:kernel flax torch cudnn --cell bf16 \
     --out "$OUT/bench"
   mkdir -p "$OUT/bench" && mv "$OUT"/*.log "$OUT"/*.env "$OUT"/*.json "$OUT/bench/" 2>/dev/null
