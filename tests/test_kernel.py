@@ -131,18 +131,50 @@ def test_work_in_blocks_of_steps_gives_the_same_results(work, steps, monkeypatch
 
 def test_concurrent_calls_and_vmap_agree_with_one_at_a_time():
     """Calls from several Python threads at once share nothing (the scratch pool hands each its own buffers), and
-    jax.vmap runs the kernel once per batch element."""
+    jax.vmap runs the kernel once per batch element. Gradients too: a training step's forward call returns before
+    its work is done, and XLA goes on with the backward call on the thread that finishes it."""
     rng = np.random.default_rng(7)
     params = random_params(rng, lstm_jax.init_lstm, 8, 24)
     batches = jnp.stack([random_normal(rng, (6, 5, 8)) for _ in range(4)])
     run = jax.jit(lambda xs: lstm_jax.lstm(params, xs)[0])
+    grad = jax.jit(jax.grad(lambda p, xs: jnp.sum(jnp.sin(lstm_jax.lstm(p, xs)[0]))))
     one_at_a_time = [np.asarray(run(xs)) for xs in batches]
+    grads_one_at_a_time = [grad(params, xs) for xs in batches]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda xs: np.asarray(run(xs)), batches))
+        grads_together = list(pool.map(lambda xs: grad(params, xs), batches))
     vmapped = jax.jit(jax.vmap(lambda xs: lstm_jax.lstm(params, xs)[0]))(batches)
     for i, want in enumerate(one_at_a_time):
         np.testing.assert_array_equal(together[i], want)
         np.testing.assert_array_equal(vmapped[i], want)
+        for g, w in zip(jax.tree.leaves(grads_together[i]), jax.tree.leaves(grads_one_at_a_time[i]), strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("target", ["lstm_jax_forward", "lstm_jax_backward"])
+def test_inconsistent_shapes_are_an_error_not_a_crash(target):
+    """The handlers check the shapes the Python side builds; a mismatch comes back as an error from the call."""
+    T, B, I, H = 3, 2, 4, 5
+    f32 = np.zeros
+    xs, w_ih, w_hh_wrong = f32((T, B, I), np.float32), f32((I, 4 * H), np.float32), f32((H + 1, 4 * H), np.float32)
+    state, lengths = f32((1, B, H), np.float32), np.full((B,), T, np.int32)
+    out = jax.ShapeDtypeStruct
+    if target == "lstm_jax_forward":
+        b = f32((4 * H,), np.float32)
+        outputs = (out((T, B, H), jnp.float32), out((1, B, H), jnp.float32), out((1, B, H), jnp.float32),
+                   out((1, T, B, H), jnp.float32), out((1, T, B, 4 * H), jnp.float32))  # fmt: skip
+        args, attributes = (xs, w_ih, w_ih, w_hh_wrong, w_hh_wrong, b, b, state, state, lengths), {"input_steps": 0}
+    else:
+        ys, cs, acts = f32((T, B, H), np.float32), f32((1, T, B, H), np.float32), f32((1, T, B, 4 * H), np.float32)
+        outputs = (out((1, T, B, I), jnp.float32), out((I, 4 * H), jnp.float32), out((0, 0), jnp.float32),
+                   out((H, 4 * H), jnp.float32), out((0, 0), jnp.float32), out((4 * H,), jnp.float32),
+                   out((0,), jnp.float32), out((1, B, H), jnp.float32), out((1, B, H), jnp.float32))  # fmt: skip
+        args = (xs, w_ih, w_ih, w_hh_wrong, w_hh_wrong, state, state, ys, cs, acts, ys, state, state, lengths)
+        attributes = {"gradient_steps": 0}
+    call = jax.jit(lambda *a: _kernel._call(target, outputs, *a, reverse_bits=0, masked=False, **{
+        k: np.int64(v) for k, v in attributes.items()}))  # fmt: skip
+    with pytest.raises(Exception, match="inconsistent shapes"):
+        jax.block_until_ready(call(*args))
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@
 #include <memory>
 #include <new>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -335,95 +336,115 @@ struct Shape {
 thread_local bool t_xla_pool_worker = false;
 
 // Runs work(direction, thread_in_group, threads_in_group, barrier) for every direction: directions are spread over
-// groups of threads that run at the same time; a group runs its directions one after the other.
+// groups of threads that run at the same time; a group runs its directions one after the other. The returned
+// future is complete when all the work is done.
 //
 // The participants run on XLA's own intra-op thread pool when its workers pick the tasks up promptly: those workers
 // otherwise spin for a while looking for work, and on a machine with as many cores as participants a thread of our
 // own would compete with them for a core (measured: a third of a short call spent at the barrier). For the same
 // reason the calling thread takes part only when it is itself a pool worker: XLA also runs custom calls on threads
 // of its own, and when such a caller computed beside one pool worker, the other worker, woken by the task but
-// finding none, kept a core busy — a quarter of the T = 16 training steps took 1.5-3x the median. Such a caller
-// hands every participant to the pool and sleeps until they are done. A participant that no worker has claimed
-// within 200 us runs on a thread of its own instead, so the call never depends on the pool having a free worker.
+// finding none, kept a core busy — a quarter of the T = 16 training steps took 1.5-3x the median.
+//
+// Such a caller hands every participant to the pool. Where more calls follow (`early`: the calls of a training
+// step), it returns at once: the call completes asynchronously, when the last participant finishes, and XLA goes on
+// with the next operations on that participant's thread — a pool worker, which then takes part in the next call
+// itself. Waiting instead, the caller slept and was woken for every call, 60-110 us per call from the call's start
+// to its last participant's and from their end to the call's end, on a 2-core machine whose cores were both busy;
+// returning early, a two-layer T = 16 training step woke that thread 2 times instead of 9, each pool worker was
+// preempted once per step instead of 3 times, and training steps took 0.97-1.00x the time (same-process A/Bs, one
+// and two layers, T = 16-256, bidirectional). A lone inference call still waits: returning early, it took 1.01-1.04x
+// as long (one layer, T = 16), perhaps because the returning thread then spins in its own pool beside the participants.
+//
+// A participant that no worker has claimed within 200 us runs on a thread of its own instead, so the call never
+// depends on the pool having a free worker: the first participant to start watches for that.
 template <typename Work>
-void run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, Work work) {
-  const int groups = std::max(1, std::min(directions, threads));
-  std::vector<int> group_threads(groups);
-  for (int g = 0; g < groups; ++g)
-    group_threads[g] = std::max(1, std::min(blocks, threads / groups + (g < threads % groups ? 1 : 0)));
-  std::vector<std::unique_ptr<Barrier>> barriers;
-  for (int g = 0; g < groups; ++g) barriers.push_back(std::make_unique<Barrier>(group_threads[g]));
-  std::function<void(int, int)> body = [&](int g, int p) {
-    for (int d = g; d < directions; d += groups) work(d, p, group_threads[g], *barriers[g]);
+class Team {
+ public:
+  Team(int directions, int threads, int blocks, Work work) : directions_(directions), work_(std::move(work)) {
+    groups_ = std::max(1, std::min(directions, threads));
+    for (int g = 0; g < groups_; ++g) {
+      group_threads_.push_back(std::max(1, std::min(blocks, threads / groups_ + (g < threads % groups_ ? 1 : 0))));
+      barriers_.push_back(std::make_unique<Barrier>(group_threads_[g]));
+      for (int p = 0; p < group_threads_[g]; ++p) members_.push_back({g, p});
+    }
+    claims_ = std::make_unique<std::atomic<bool>[]>(members_.size());
+    for (size_t i = 0; i < members_.size(); ++i) claims_[i] = false;
+  }
+  int size() const { return static_cast<int>(members_.size()); }
+
+  // Member i's work, on this thread, unless another thread has taken it. The first member to start sees to it that
+  // the others start too (watch); the last to finish completes the promise.
+  static void run(const std::shared_ptr<Team>& team, int i) {
+    if (team->claims_[i].exchange(true, std::memory_order_acq_rel)) return;
+    if (team->claimed_.fetch_add(1, std::memory_order_acq_rel) == 0) watch(team);
+    const Member m = team->members_[i];
+    for (int d = m.g; d < team->directions_; d += team->groups_)
+      (*team->work_)(d, m.p, team->group_threads_[m.g], *team->barriers_[m.g]);
+    if (team->done_.fetch_add(1, std::memory_order_acq_rel) + 1 == team->size()) {
+      team->work_.reset();  // its scratch buffers go back to the pool before XLA's next operation runs, from here
+      team->promise.SetAvailable();
+    }
+  }
+
+  ffi::Promise promise;
+  std::chrono::steady_clock::time_point deadline;  // by when the pool's workers should have claimed every member
+
+ private:
+  struct Member {
+    int g, p;  // group, and place in the group
   };
+  // Waits until every member is claimed or the deadline passes; unclaimed members then get threads of their own.
+  static void watch(const std::shared_ptr<Team>& team) {
+    while (team->claimed_.load(std::memory_order_acquire) < team->size() &&
+           std::chrono::steady_clock::now() < team->deadline)
+      LSTM_JAX_PAUSE();
+    for (int i = 0; i < team->size(); ++i)
+      if (!team->claims_[i].load(std::memory_order_acquire)) std::thread([team, i] { run(team, i); }).detach();
+  }
+
+  const int directions_;
+  int groups_;
+  std::optional<Work> work_;
+  std::vector<int> group_threads_;
+  std::vector<std::unique_ptr<Barrier>> barriers_;
+  std::vector<Member> members_;
+  std::unique_ptr<std::atomic<bool>[]> claims_;  // whether a thread has taken member i
+  std::atomic<int> claimed_{0}, done_{0};
+};
+
+template <typename Work>
+ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, bool early, Work work) {
+  auto team = std::make_shared<Team<Work>>(directions, threads, blocks, std::move(work));
+  ffi::Future future(team->promise);
   const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
   const bool caller_joins = !use_pool || t_xla_pool_worker;
-  // How many participants have started and finished: a joining caller spins on the counts, a sleeping one waits
-  // for the notification (counted under the mutex, so that it cannot be missed).
-  struct Progress {
+  team->deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
+  if (use_pool)
+    for (int i = caller_joins ? 1 : 0; i < team->size(); ++i)
+      xla_pool->Schedule([team, i] {
+        t_xla_pool_worker = true;
+        Team<Work>::run(team, i);
+      });
+  if (caller_joins) {
+    Team<Work>::run(team, 0);
+  } else if (!early) {  // sleep until the participants are done (the future takes one waiter: this one)
     std::mutex mutex;
     std::condition_variable changed;
-    std::atomic<int> claimed{0}, done{0};
-    void add(std::atomic<int>& counter) {
+    bool finished = false;
+    future.OnReady([&](const std::optional<ffi::Error>&) {
       std::lock_guard<std::mutex> lock(mutex);
-      counter.fetch_add(1, std::memory_order_acq_rel);
+      finished = true;
       changed.notify_all();
-    }
-  };
-  // A participant's task: whoever claims it first (a pool worker or a fallback thread) runs it; a pool task that
-  // starts after the fallback has claimed it only drops its reference, so the shared state outlives both.
-  struct Participant {
-    std::atomic<bool> claimed{false};
-    std::function<void(int, int)>* body = nullptr;
-    std::shared_ptr<Progress> progress;
-    int g = 0, p = 0;
-    void run() {
-      if (claimed.exchange(true, std::memory_order_acq_rel)) return;
-      progress->add(progress->claimed);
-      (*body)(g, p);
-      progress->add(progress->done);
-    }
-  };
-  auto progress = std::make_shared<Progress>();
-  std::vector<std::shared_ptr<Participant>> participants;
-  for (int g = 0; g < groups; ++g)
-    for (int p = 0; p < group_threads[g]; ++p)
-      if (g || p || !caller_joins) {
-        auto participant = std::make_shared<Participant>();
-        participant->body = &body;
-        participant->progress = progress;
-        participant->g = g;
-        participant->p = p;
-        participants.push_back(participant);
-      }
-  if (use_pool)
-    for (auto& participant : participants)
-      xla_pool->Schedule([participant] {
-        t_xla_pool_worker = true;
-        participant->run();
-      });
-  const int helpers = static_cast<int>(participants.size());
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
-  if (caller_joins) {  // spin: the caller's core is wanted for its own share right after
-    while (progress->claimed.load(std::memory_order_acquire) < helpers && std::chrono::steady_clock::now() < deadline)
-      LSTM_JAX_PAUSE();
-  } else {  // sleep, leaving the cores to the workers being woken
-    std::unique_lock<std::mutex> lock(progress->mutex);
-    progress->changed.wait_until(lock, deadline, [&] { return progress->claimed.load() == helpers; });
+    });
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [&] { return finished; });
+    ffi::Promise promise;
+    ffi::Future completed(promise);
+    promise.SetAvailable();
+    return completed;
   }
-  std::vector<std::thread> fallback;
-  for (auto& participant : participants)
-    if (!participant->claimed.load(std::memory_order_acquire))
-      fallback.emplace_back([participant] { participant->run(); });
-  if (caller_joins) {
-    body(0, 0);
-    for (int spins = 0; progress->done.load(std::memory_order_acquire) < helpers; ++spins)
-      if (spins > 4096) std::this_thread::yield(); else LSTM_JAX_PAUSE();
-  } else {
-    std::unique_lock<std::mutex> lock(progress->mutex);
-    progress->changed.wait(lock, [&] { return progress->done.load() == helpers; });
-  }
-  for (auto& thread : fallback) thread.join();
+  return future;
 }
 
 // The forward pass of one direction, on thread p of a group of P.
@@ -596,11 +617,12 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
 // dW[k0 + r][64 columns of a block] += sum over rows b of a[b][k0 + r] * dz[b][64]: the weight-gradient update of
 // a few steps (a contraction over their batch rows), accumulated in panels. dz is the block's compact copy,
 // [rows][64]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in L1's sets.
+// The first update of a call starts from zero (`first`), so that the panels need no zeroing.
 template <int KR>
-inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw) {
+inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw, bool first) {
   v16 acc[KR][4];
   for (int r = 0; r < KR; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = load(dw + r * 64 + q * kUnits);
+    for (int q = 0; q < 4; ++q) acc[r][q] = first ? splat(0.f) : load(dw + r * 64 + q * kUnits);
   for (int b = 0; b < rows; ++b) {
     const float* z = dz + b * 64;
     const v16 z0 = load(z), z1 = load(z + 16), z2 = load(z + 32), z3 = load(z + 48);
@@ -617,10 +639,10 @@ inline void outer_tile(const float* const* a, int k0, int rows, const float* dz,
 }
 
 // dw (n rows x 64) += a^T dz over the batch, a given as one pointer per row b to its n values.
-inline void accumulate_outer(const float* const* a, int n, int rows, const float* dz, float* dw) {
+inline void accumulate_outer(const float* const* a, int n, int rows, const float* dz, float* dw, bool first) {
   int k = 0;
-  for (; k + 4 <= n; k += 4) outer_tile<4>(a, k, rows, dz, dw + k * 64);
-  for (; k < n; ++k) outer_tile<1>(a, k, rows, dz, dw + k * 64);
+  for (; k + 4 <= n; k += 4) outer_tile<4>(a, k, rows, dz, dw + k * 64, first);
+  for (; k < n; ++k) outer_tile<1>(a, k, rows, dz, dw + k * 64, first);
 }
 
 // The backward pass of one direction (the reverse of its forward order), on thread p of a group of P. Per step:
@@ -651,7 +673,9 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   for (int i = i0; i < i1; ++i) pack(own + i - i0, w_ih, i * kUnits, std::min(kUnits, I - i * kUnits));
   // This thread's columns of dW_ih, dW_hh and db, as [rows][64] per unit block.
   const int gradient_rows = weight_grads ? own : 0;
-  Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64), dw_hh(static_cast<size_t>(gradient_rows) * H * 64);
+  // Not zeroed: the first update writes them (outer_tile); zeroed only where there is none (T = 0).
+  Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64, T == 0);
+  Scratch dw_hh(static_cast<size_t>(gradient_rows) * H * 64, T == 0);
   Scratch db(gradient_rows * 64);
   // Where the thread's dW panels outgrow half its core's L2 (4 MB at I = H = 512 on two threads, 2-3 MB for one
   // direction of a bidirectional layer), the weight-gradient update runs once per kGradientSteps steps, over all
@@ -770,8 +794,9 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     const int block_rows = (step % S + 1) * B;
     for (int u = u0; weight_grads && block_done && u < u1; ++u) {
       const float* z = &dz_own[static_cast<size_t>(u - u0) * S * B * 64];
-      accumulate_outer(x_rows.data(), I, block_rows, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64]);
-      accumulate_outer(h_rows.data(), H, block_rows, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64]);
+      const bool first = step < S;
+      accumulate_outer(x_rows.data(), I, block_rows, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64], first);
+      accumulate_outer(h_rows.data(), H, block_rows, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64], first);
       for (int row = 0; row < block_rows; ++row)
         for (int q = 0; q < 4; ++q) {
           float* sum = &db[(u - u0) * 64 + q * kUnits];
@@ -835,14 +860,22 @@ bool weights_fit(int64_t D, int64_t I, int64_t H, ffi::Buffer<ffi::F32>& w_ih_0,
 // weights of a bidirectional layer nor its outputs are copied into stacked arrays around the call (in XLA, those
 // copies and the unstacking of the weight gradients took ~2 ms of a 35 ms two-layer bidirectional training step at
 // T = 16).
-ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
+// A call that fails before it starts (the handlers return futures: the work may finish after the handler returns).
+ffi::Future failed(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(std::move(error));
+  return future;
+}
+
+ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
                    ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> b_0,
                    ffi::Buffer<ffi::F32> b_1, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last,
                    ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
                    int64_t reverse_bits, bool masked, int64_t threads, int64_t input_steps, ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
-    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)");
+    return failed(ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)"));
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
   const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   const bool save = cs->element_count() > 0;
@@ -850,33 +883,40 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::
       !has_dims(b_1.dimensions(), {4 * H}) || !has_dims(h0.dimensions(), {D, B, H}) ||
       !has_dims(c0.dimensions(), {D, B, H}) || !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
       (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
-    return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
-                                       " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
+    return failed(ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " +
+                                              dims_text(xs.dimensions()) + " h0 " + dims_text(h0.dimensions()) +
+                                              " w_hh " + dims_text(w_hh_0.dimensions())));
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H),
                 static_cast<int>(input_steps)};
   std::vector<Scratch> state;  // per direction: two h buffers and c
   state.reserve(D * 3);
   for (int64_t i = 0; i < D * 3; ++i) state.emplace_back(static_cast<size_t>(B) * s.padded());
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
-  run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
+  // The work may outlive this call: it holds the buffers' addresses (XLA keeps them until the future completes)
+  // and the scratch state, not the handler's arguments.
+  const float* w_ih[2] = {w_ih_0.typed_data(), w_ih_1.typed_data()};
+  const float* w_hh[2] = {w_hh_0.typed_data(), w_hh_1.typed_data()};
+  const float* b[2] = {b_0.typed_data(), b_1.typed_data()};
+  auto work = [=, x = xs.typed_data(), h_0 = h0.typed_data(), c_0 = c0.typed_data(),
+               length = masked ? lengths.typed_data() : nullptr, y = ys->typed_data(), h_T = h_last->typed_data(),
+               c_T = c_last->typed_data(), c = save ? cs->typed_data() : nullptr,
+               a = save ? acts->typed_data() : nullptr,
+               state = std::move(state)](int d, int p, int P, Barrier& barrier) mutable {
     // ys is shared: each participant maps in its share of all of it (with groups of unequal size the shares
     // overlap or leave gaps, which only costs speed).
-    prefault(ys->typed_data(), sizeof(float) * D * seq, d * P + p, static_cast<int>(D) * P);
+    prefault(y, sizeof(float) * D * seq, d * P + p, static_cast<int>(D) * P);
     if (save) {
-      prefault(cs->typed_data() + d * seq, sizeof(float) * seq, p, P);
-      prefault(acts->typed_data() + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
+      prefault(c + d * seq, sizeof(float) * seq, p, P);
+      prefault(a + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
     }
-    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
-                      xs.typed_data(), (d ? w_ih_1 : w_ih_0).typed_data(), (d ? w_hh_1 : w_hh_0).typed_data(),
-                      (d ? b_1 : b_0).typed_data(), h0.typed_data() + d * one, c0.typed_data() + d * one,
-                      ys->typed_data() + d * H, D * H, h_last->typed_data() + d * one, c_last->typed_data() + d * one,
-                      save ? cs->typed_data() + d * seq : nullptr, save ? acts->typed_data() + d * 4 * seq : nullptr,
-                      &state[d * 3]);
-  });
-  return ffi::Error::Success();
+    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], b[d], h_0 + d * one,
+                      c_0 + d * one, y + d * H, D * H, h_T + d * one, c_T + d * one, save ? c + d * seq : nullptr,
+                      save ? a + d * 4 * seq : nullptr, &state[d * 3]);
+  };
+  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, save, std::move(work));
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
+ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
                     ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> h0,
                     ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ys, ffi::Buffer<ffi::F32> cs,
                     ffi::Buffer<ffi::F32> acts, ffi::Buffer<ffi::F32> d_ys, ffi::Buffer<ffi::F32> dh_last,
@@ -887,19 +927,19 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
                     ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked,
                     int64_t threads, int64_t gradient_steps, ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
-    return ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)");
+    return failed(ffi::Error::InvalidArgument("lstm_jax kernel: xs must be (T, B, I) and h0 (D, B, H)"));
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
   const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   for (auto* sequence : {&ys, &d_ys})
     if (!has_dims(sequence->dimensions(), {T, B, D * H}))
-      return ffi::Error::InvalidArgument("lstm_jax kernel: ys and its cotangent must be (T, B, D·H)");
+      return failed(ffi::Error::InvalidArgument("lstm_jax kernel: ys and its cotangent must be (T, B, D·H)"));
   for (auto* one : {&h0, &c0, &dh_last, &dc_last})
     if (!has_dims(one->dimensions(), {D, B, H}))
-      return ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)");
+      return failed(ffi::Error::InvalidArgument("lstm_jax kernel: states must be (D, B, H)"));
   if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !has_dims(cs.dimensions(), {D, T, B, H}) || !has_dims(acts.dimensions(), {D, T, B, 4 * H}) ||
       !has_dims(lengths.dimensions(), {B}))
-    return ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
-                                       " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions()));
+    return failed(ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " + dims_text(xs.dimensions()) +
+                                       " h0 " + dims_text(h0.dimensions()) + " w_hh " + dims_text(w_hh_0.dimensions())));
   // Empty outputs: that gradient is not wanted (and a second direction's are always empty for one direction).
   ffi::ResultBuffer<ffi::F32>* d_w_ih[2] = {&d_w_ih_0, &d_w_ih_1};
   ffi::ResultBuffer<ffi::F32>* d_w_hh[2] = {&d_w_hh_0, &d_w_hh_1};
@@ -916,7 +956,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
                                   (*d_b[d])->element_count() == 0);
   }
   if (!gradients_fit)
-    return ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs");
+    return failed(ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs"));
   const Shape s{static_cast<int>(T), static_cast<int>(B), static_cast<int>(I), static_cast<int>(H), 0,
                 static_cast<int>(gradient_steps)};
   std::vector<Scratch> state;
@@ -930,20 +970,30 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   }
   const size_t seq = static_cast<size_t>(T) * B * H, one = static_cast<size_t>(B) * H;
   const size_t input_seq = static_cast<size_t>(T) * B * I;
-  run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, [&](int d, int p, int P, Barrier& barrier) {
-    if (input_grad) prefault(d_xs->typed_data() + d * input_seq, sizeof(float) * input_seq, p, P);
-    backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, masked ? lengths.typed_data() : nullptr,
-                       xs.typed_data(), (d ? w_ih_1 : w_ih_0).typed_data(), (d ? w_hh_1 : w_hh_0).typed_data(),
-                       h0.typed_data() + d * one, c0.typed_data() + d * one, ys.typed_data() + d * H, D * H,
-                       acts.typed_data() + d * 4 * seq, cs.typed_data() + d * seq, d_ys.typed_data() + d * H,
-                       dh_last.typed_data() + d * one, dc_last.typed_data() + d * one,
-                       input_grad ? d_xs->typed_data() + d * input_seq : nullptr,
-                       weight_grad ? (*d_w_ih[d])->typed_data() : nullptr,
-                       weight_grad ? (*d_w_hh[d])->typed_data() : nullptr,
-                       weight_grad ? (*d_b[d])->typed_data() : nullptr,
-                       dh0->typed_data() + d * one, dc0->typed_data() + d * one, &state[d * 3]);
-  });
-  return ffi::Error::Success();
+  // As in Forward: the work holds addresses and its scratch state, not the handler's arguments.
+  const float* w_ih[2] = {w_ih_0.typed_data(), w_ih_1.typed_data()};
+  const float* w_hh[2] = {w_hh_0.typed_data(), w_hh_1.typed_data()};
+  float* dw_ih[2] = {nullptr, nullptr};
+  float* dw_hh[2] = {nullptr, nullptr};
+  float* db[2] = {nullptr, nullptr};
+  for (int64_t d = 0; weight_grad && d < D; ++d) {
+    dw_ih[d] = (*d_w_ih[d])->typed_data();
+    dw_hh[d] = (*d_w_hh[d])->typed_data();
+    db[d] = (*d_b[d])->typed_data();
+  }
+  auto work = [=, x = xs.typed_data(), h_0 = h0.typed_data(), c_0 = c0.typed_data(),
+               length = masked ? lengths.typed_data() : nullptr, y = ys.typed_data(), c = cs.typed_data(),
+               a = acts.typed_data(), dy = d_ys.typed_data(), dh_T = dh_last.typed_data(),
+               dc_T = dc_last.typed_data(), dx = input_grad ? d_xs->typed_data() : nullptr,
+               dh_0 = dh0->typed_data(), dc_0 = dc0->typed_data(),
+               state = std::move(state)](int d, int p, int P, Barrier& barrier) mutable {
+    if (dx != nullptr) prefault(dx + d * input_seq, sizeof(float) * input_seq, p, P);
+    backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], h_0 + d * one,
+                       c_0 + d * one, y + d * H, D * H, a + d * 4 * seq, c + d * seq, dy + d * H, dh_T + d * one,
+                       dc_T + d * one, dx != nullptr ? dx + d * input_seq : nullptr, dw_ih[d], dw_hh[d], db[d],
+                       dh_0 + d * one, dc_0 + d * one, &state[d * 3]);
+  };
+  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, true, std::move(work));
 }
 
 }  // namespace
