@@ -4,6 +4,7 @@ fallbacks where it does not apply. Parity with the naive reference and PyTorch i
 
 import concurrent.futures
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -151,30 +152,22 @@ def test_concurrent_calls_and_vmap_agree_with_one_at_a_time():
             np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("target", ["lstm_jax_forward", "lstm_jax_backward"])
-def test_inconsistent_shapes_are_an_error_not_a_crash(target):
+@pytest.mark.parametrize("call", ["forward", "backward"])
+def test_inconsistent_shapes_are_an_error_not_a_crash(call):
     """The handlers check the shapes the Python side builds; a mismatch comes back as an error from the call."""
     T, B, I, H = 3, 2, 4, 5
-    f32 = np.zeros
-    xs, w_ih, w_hh_wrong = f32((T, B, I), np.float32), f32((I, 4 * H), np.float32), f32((H + 1, 4 * H), np.float32)
-    state, lengths = f32((1, B, H), np.float32), np.full((B,), T, np.int32)
-    out = jax.ShapeDtypeStruct
-    if target == "lstm_jax_forward":
-        b = f32((4 * H,), np.float32)
-        outputs = (out((T, B, H), jnp.float32), out((1, B, H), jnp.float32), out((1, B, H), jnp.float32),
-                   out((1, T, B, H), jnp.float32), out((1, T, B, 4 * H), jnp.float32))  # fmt: skip
-        args, attributes = (xs, w_ih, w_ih, w_hh_wrong, w_hh_wrong, b, b, state, state, lengths), {"input_steps": 0}
+    zeros = functools.partial(jnp.zeros, dtype=jnp.float32)
+    w_ih, w_hh_wrong, b = (zeros((I, 4 * H)),), (zeros((H + 1, 4 * H)),), (zeros((4 * H,)),)
+    xs, state, lengths = zeros((T, B, I)), zeros((1, B, H)), jnp.full((B,), T, jnp.int32)
+    if call == "forward":
+        run = lambda: _kernel._forward(w_ih, w_hh_wrong, b, b, state, state, xs, lengths, 0, False, save=True)  # noqa: E731
     else:
-        ys, cs, acts = f32((T, B, H), np.float32), f32((1, T, B, H), np.float32), f32((1, T, B, 4 * H), np.float32)
-        outputs = (out((1, T, B, I), jnp.float32), out((I, 4 * H), jnp.float32), out((0, 0), jnp.float32),
-                   out((H, 4 * H), jnp.float32), out((0, 0), jnp.float32), out((4 * H,), jnp.float32),
-                   out((0,), jnp.float32), out((1, B, H), jnp.float32), out((1, B, H), jnp.float32))  # fmt: skip
-        args = (xs, w_ih, w_ih, w_hh_wrong, w_hh_wrong, state, state, ys, cs, acts, ys, state, state, lengths)
-        attributes = {"gradient_steps": 0}
-    call = jax.jit(lambda *a: _kernel._call(target, outputs, *a, reverse_bits=0, masked=False, **{
-        k: np.int64(v) for k, v in attributes.items()}))  # fmt: skip
+        ys, cs, acts = zeros((T, B, H)), zeros((1, T, B, H)), zeros((1, T, B, 4 * H))
+        wanted = _kernel._Wanted(inputs=True, weights=True, state=True)
+        residuals = (w_ih, w_hh_wrong, state, state, xs, lengths, ys, cs, acts, wanted)
+        run = lambda: _kernel._layer_bwd(0, False, residuals, (ys, state, state))  # noqa: E731
     with pytest.raises(Exception, match="inconsistent shapes"):
-        jax.block_until_ready(call(*args))
+        jax.block_until_ready(jax.jit(run)())
 
 
 @pytest.mark.parametrize(
@@ -305,7 +298,7 @@ advised = []
 for T, setting in json.loads(sys.argv[1]):
     os.environ["LSTM_JAX_KERNEL_HUGE_PAGES"] = setting
     xs = jnp.asarray(rng.standard_normal((T, B, I), np.float32))
-    acts = _kernel._forward(w_ih, w_hh, b, h0, c0, xs, jnp.zeros(B, jnp.int32), 0, False, save=True)[4]
+    acts = _kernel._forward(w_ih, w_hh, b, b, h0, c0, xs, jnp.zeros(B, jnp.int32), 0, False, save=True)[4]
     acts.block_until_ready()
     assert acts.nbytes == T << 19, acts.nbytes  # gate activations, T·B·4H floats
     # The middle of the buffer: its unaligned ends stay in mappings of their own, without the advice.

@@ -449,7 +449,8 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
 
 // The forward pass of one direction, on thread p of a group of P.
 void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
-                       const float* xs, const float* w_ih, const float* w_hh, const float* bias, const float* h0, const float* c0,
+                       const float* xs, const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh,
+                       const float* h0, const float* c0,
                        float* ys, long ys_stride, float* h_last, float* c_last, float* cs, float* acts, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, K = I + H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;
@@ -466,7 +467,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
   }
   for (int u = u0; u < u1; ++u)
     for (int q = 0; q < 4; ++q)
-      std::memcpy(&panel_bias[(u - u0) * 64 + q * kUnits], bias + q * H + u * kUnits, sizeof(float) * s.units(u));
+      for (int j = 0, at = q * H + u * kUnits; j < s.units(u); ++j)
+        panel_bias[(u - u0) * 64 + q * kUnits + j] = b_ih[at + j] + b_hh[at + j];
   // state = [h buffer 0, h buffer 1, c], each B x Hp, shared by the group; a thread touches its own units only,
   // except that every thread reads all of the current h.
   float* h_buffers[2] = {state[0].data(), state[1].data()};
@@ -651,7 +653,7 @@ inline void accumulate_outer(const float* const* a, int n, int rows, const float
 void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                         const float* xs, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
                         const float* ys, long ys_stride, const float* acts, const float* cs, const float* d_ys, const float* dh_last,
-                        const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b, float* dh0,
+                        const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b_ih, float* d_b_hh, float* dh0,
                         float* dc0, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;  // units: dz, dW columns, dh, dc
@@ -831,7 +833,8 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   if (weight_grads) {
     unpack(dw_ih.data(), I, d_w_ih);
     unpack(dw_hh.data(), H, d_w_hh);
-    unpack(db.data(), 1, d_b);
+    unpack(db.data(), 1, d_b_ih);  // both biases have the same gradient: written twice rather than copied in XLA
+    unpack(db.data(), 1, d_b_hh);
   }
 }
 
@@ -869,8 +872,9 @@ ffi::Future failed(ffi::Error error) {
 }
 
 ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
-                   ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> b_0,
-                   ffi::Buffer<ffi::F32> b_1, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                   ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> b_ih_0,
+                   ffi::Buffer<ffi::F32> b_ih_1, ffi::Buffer<ffi::F32> b_hh_0, ffi::Buffer<ffi::F32> b_hh_1,
+                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> ys, ffi::ResultBuffer<ffi::F32> h_last,
                    ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> acts,
                    int64_t reverse_bits, bool masked, int64_t threads, int64_t input_steps, ffi::ThreadPool xla_pool) {
@@ -879,8 +883,9 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   const int64_t T = xs.dimensions()[0], B = xs.dimensions()[1], I = xs.dimensions()[2];
   const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   const bool save = cs->element_count() > 0;
-  if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !has_dims(b_0.dimensions(), {4 * H}) ||
-      !has_dims(b_1.dimensions(), {4 * H}) || !has_dims(h0.dimensions(), {D, B, H}) ||
+  bool biases_fit = true;
+  for (auto* bias : {&b_ih_0, &b_ih_1, &b_hh_0, &b_hh_1}) biases_fit = biases_fit && has_dims(bias->dimensions(), {4 * H});
+  if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !biases_fit || !has_dims(h0.dimensions(), {D, B, H}) ||
       !has_dims(c0.dimensions(), {D, B, H}) || !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
       (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
     return failed(ffi::Error::InvalidArgument("lstm_jax kernel: inconsistent shapes, xs " +
@@ -896,7 +901,8 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   // and the scratch state, not the handler's arguments.
   const float* w_ih[2] = {w_ih_0.typed_data(), w_ih_1.typed_data()};
   const float* w_hh[2] = {w_hh_0.typed_data(), w_hh_1.typed_data()};
-  const float* b[2] = {b_0.typed_data(), b_1.typed_data()};
+  const float* b_ih[2] = {b_ih_0.typed_data(), b_ih_1.typed_data()};
+  const float* b_hh[2] = {b_hh_0.typed_data(), b_hh_1.typed_data()};
   auto work = [=, x = xs.typed_data(), h_0 = h0.typed_data(), c_0 = c0.typed_data(),
                length = masked ? lengths.typed_data() : nullptr, y = ys->typed_data(), h_T = h_last->typed_data(),
                c_T = c_last->typed_data(), c = save ? cs->typed_data() : nullptr,
@@ -909,7 +915,7 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
       prefault(c + d * seq, sizeof(float) * seq, p, P);
       prefault(a + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
     }
-    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], b[d], h_0 + d * one,
+    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], b_ih[d], b_hh[d], h_0 + d * one,
                       c_0 + d * one, y + d * H, D * H, h_T + d * one, c_T + d * one, save ? c + d * seq : nullptr,
                       save ? a + d * 4 * seq : nullptr, &state[d * 3]);
   };
@@ -923,7 +929,8 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
                     ffi::Buffer<ffi::F32> dc_last, ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> d_xs,
                     ffi::ResultBuffer<ffi::F32> d_w_ih_0, ffi::ResultBuffer<ffi::F32> d_w_ih_1,
                     ffi::ResultBuffer<ffi::F32> d_w_hh_0, ffi::ResultBuffer<ffi::F32> d_w_hh_1,
-                    ffi::ResultBuffer<ffi::F32> d_b_0, ffi::ResultBuffer<ffi::F32> d_b_1,
+                    ffi::ResultBuffer<ffi::F32> d_b_ih_0, ffi::ResultBuffer<ffi::F32> d_b_ih_1,
+                    ffi::ResultBuffer<ffi::F32> d_b_hh_0, ffi::ResultBuffer<ffi::F32> d_b_hh_1,
                     ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0, int64_t reverse_bits, bool masked,
                     int64_t threads, int64_t gradient_steps, ffi::ThreadPool xla_pool) {
   if (xs.dimensions().size() != 3 || h0.dimensions().size() != 3)
@@ -943,7 +950,8 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
   // Empty outputs: that gradient is not wanted (and a second direction's are always empty for one direction).
   ffi::ResultBuffer<ffi::F32>* d_w_ih[2] = {&d_w_ih_0, &d_w_ih_1};
   ffi::ResultBuffer<ffi::F32>* d_w_hh[2] = {&d_w_hh_0, &d_w_hh_1};
-  ffi::ResultBuffer<ffi::F32>* d_b[2] = {&d_b_0, &d_b_1};
+  ffi::ResultBuffer<ffi::F32>* d_b_ih[2] = {&d_b_ih_0, &d_b_ih_1};
+  ffi::ResultBuffer<ffi::F32>* d_b_hh[2] = {&d_b_hh_0, &d_b_hh_1};
   const bool input_grad = d_xs->element_count() > 0, weight_grad = d_w_ih_0->element_count() > 0;
   bool gradients_fit = !input_grad || has_dims(d_xs->dimensions(), {D, T, B, I});
   for (int64_t d = 0; d < 2; ++d) {
@@ -951,9 +959,10 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
     gradients_fit = gradients_fit &&
                     (wanted ? has_dims((*d_w_ih[d])->dimensions(), {I, 4 * H}) &&
                                   has_dims((*d_w_hh[d])->dimensions(), {H, 4 * H}) &&
-                                  has_dims((*d_b[d])->dimensions(), {4 * H})
+                                  has_dims((*d_b_ih[d])->dimensions(), {4 * H}) &&
+                                  has_dims((*d_b_hh[d])->dimensions(), {4 * H})
                             : (*d_w_ih[d])->element_count() == 0 && (*d_w_hh[d])->element_count() == 0 &&
-                                  (*d_b[d])->element_count() == 0);
+                                  (*d_b_ih[d])->element_count() == 0 && (*d_b_hh[d])->element_count() == 0);
   }
   if (!gradients_fit)
     return failed(ffi::Error::InvalidArgument("lstm_jax kernel: gradient outputs must be empty or match the inputs"));
@@ -975,11 +984,13 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
   const float* w_hh[2] = {w_hh_0.typed_data(), w_hh_1.typed_data()};
   float* dw_ih[2] = {nullptr, nullptr};
   float* dw_hh[2] = {nullptr, nullptr};
-  float* db[2] = {nullptr, nullptr};
+  float* db_ih[2] = {nullptr, nullptr};
+  float* db_hh[2] = {nullptr, nullptr};
   for (int64_t d = 0; weight_grad && d < D; ++d) {
     dw_ih[d] = (*d_w_ih[d])->typed_data();
     dw_hh[d] = (*d_w_hh[d])->typed_data();
-    db[d] = (*d_b[d])->typed_data();
+    db_ih[d] = (*d_b_ih[d])->typed_data();
+    db_hh[d] = (*d_b_hh[d])->typed_data();
   }
   auto work = [=, x = xs.typed_data(), h_0 = h0.typed_data(), c_0 = c0.typed_data(),
                length = masked ? lengths.typed_data() : nullptr, y = ys.typed_data(), c = cs.typed_data(),
@@ -990,7 +1001,7 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
     if (dx != nullptr) prefault(dx + d * input_seq, sizeof(float) * input_seq, p, P);
     backward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], h_0 + d * one,
                        c_0 + d * one, y + d * H, D * H, a + d * 4 * seq, c + d * seq, dy + d * H, dh_T + d * one,
-                       dc_T + d * one, dx != nullptr ? dx + d * input_seq : nullptr, dw_ih[d], dw_hh[d], db[d],
+                       dc_T + d * one, dx != nullptr ? dx + d * input_seq : nullptr, dw_ih[d], dw_hh[d], db_ih[d], db_hh[d],
                        dh_0 + d * one, dc_0 + d * one, &state[d * 3]);
   };
   return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, true, std::move(work));
@@ -1020,8 +1031,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_ih, direction 1 (direction 0's again if D = 1)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_hh (H, 4H), direction 0
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_hh, direction 1
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b = b_ih + b_hh (4H), direction 0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b, direction 1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_ih (4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_ih, direction 1
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_hh (4H), direction 0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b_hh, direction 1
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (D, B, H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (D, B, H)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // lengths (B,)
@@ -1057,8 +1070,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmJaxBackward, Backward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d w_ih, direction 1, or empty (always for D = 1)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh (H, 4H), direction 0, or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d w_hh, direction 1, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b (4H), direction 0, or empty
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b, direction 1, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b_ih (4H), direction 0, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b_ih, direction 1, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b_hh (4H), direction 0, or empty
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d b_hh, direction 1, or empty
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d h0 (D, B, H)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d c0 (D, B, H)
                                   .Attr<int64_t>("reverse_bits")
