@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -337,24 +336,22 @@ thread_local bool t_xla_pool_worker = false;
 
 // Runs work(direction, thread_in_group, threads_in_group, barrier) for every direction: directions are spread over
 // groups of threads that run at the same time; a group runs its directions one after the other. The returned
-// future is complete when all the work is done.
+// future completes when the last participant finishes, which may be after this returns: XLA then goes on with the
+// next operations on that participant's thread.
 //
 // The participants run on XLA's own intra-op thread pool when its workers pick the tasks up promptly: those workers
 // otherwise spin for a while looking for work, and on a machine with as many cores as participants a thread of our
-// own would compete with them for a core (measured: a third of a short call spent at the barrier). For the same
-// reason the calling thread takes part only when it is itself a pool worker: XLA also runs custom calls on threads
-// of its own, and when such a caller computed beside one pool worker, the other worker, woken by the task but
-// finding none, kept a core busy — a quarter of the T = 16 training steps took 1.5-3x the median.
-//
-// Such a caller hands every participant to the pool. Where more calls follow (`early`: the calls of a training
-// step), it returns at once: the call completes asynchronously, when the last participant finishes, and XLA goes on
-// with the next operations on that participant's thread — a pool worker, which then takes part in the next call
-// itself. Waiting instead, the caller slept and was woken for every call, 60-110 us per call from the call's start
-// to its last participant's and from their end to the call's end, on a 2-core machine whose cores were both busy;
-// returning early, a two-layer T = 16 training step woke that thread 2 times instead of 9, each pool worker was
-// preempted once per step instead of 3 times, and training steps took 0.97-1.00x the time (same-process A/Bs, one
-// and two layers, T = 16-256, bidirectional). A lone inference call still waits: returning early, it took 1.01-1.04x
-// as long (one layer, T = 16), perhaps because the returning thread then spins in its own pool beside the participants.
+// own would compete with them for a core (measured: a third of a short call spent at the barrier). A calling
+// thread that is a pool worker takes part itself. XLA also runs custom calls on threads outside the pool: for the
+// calls of a training step (`hand_off`) such a caller hands every participant to the pool and returns at once, so
+// that the next call starts on the pool worker that finished this one, which then takes part in it. When such a
+// caller took part instead, the other pool worker, woken by the task but finding none, kept a core busy (a quarter
+// of the T = 16 training steps took 1.5-3x the median, session 4; session 10: training 0.96-0.99x as fast as handing
+// off); when it handed off and slept until the work was done, it was woken for every call, 60-110 us per call on
+// this 2-core VM, and handing off without waiting, training steps took 0.97-1.00x the time (same-process A/Bs, one
+// and two layers, T = 16-256, bidirectional). A lone inference call is the other way round: the caller taking part
+// saves waking a second pool worker and the caller (one layer T = 16 1.03x, two layers 1.02-1.09x, bidirectional
+// 1.01-1.05x; per call, every percentile lower: p50 1.83 -> 1.70 ms, p99 2.60 -> 2.20 ms at one layer).
 //
 // A participant that no worker has claimed within 200 us runs on a thread of its own instead, so the call never
 // depends on the pool having a free worker: the first participant to start watches for that.
@@ -414,11 +411,11 @@ class Team {
 };
 
 template <typename Work>
-ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, bool early, Work work) {
+ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool* xla_pool, bool hand_off, Work work) {
   auto team = std::make_shared<Team<Work>>(directions, threads, blocks, std::move(work));
   ffi::Future future(team->promise);
   const bool use_pool = xla_pool != nullptr && xla_pool->num_threads() > 1;
-  const bool caller_joins = !use_pool || t_xla_pool_worker;
+  const bool caller_joins = !use_pool || t_xla_pool_worker || !hand_off;
   team->deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(use_pool ? 200 : 0);
   if (use_pool)
     for (int i = caller_joins ? 1 : 0; i < team->size(); ++i)
@@ -426,24 +423,7 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
         t_xla_pool_worker = true;
         Team<Work>::run(team, i);
       });
-  if (caller_joins) {
-    Team<Work>::run(team, 0);
-  } else if (!early) {  // sleep until the participants are done (the future takes one waiter: this one)
-    std::mutex mutex;
-    std::condition_variable changed;
-    bool finished = false;
-    future.OnReady([&](const std::optional<ffi::Error>&) {
-      std::lock_guard<std::mutex> lock(mutex);
-      finished = true;
-      changed.notify_all();
-    });
-    std::unique_lock<std::mutex> lock(mutex);
-    changed.wait(lock, [&] { return finished; });
-    ffi::Promise promise;
-    ffi::Future completed(promise);
-    promise.SetAvailable();
-    return completed;
-  }
+  if (caller_joins) Team<Work>::run(team, 0);
   return future;
 }
 
@@ -653,8 +633,8 @@ inline void accumulate_outer(const float* const* a, int n, int rows, const float
 void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                         const float* xs, const float* w_ih, const float* w_hh, const float* h0, const float* c0,
                         const float* ys, long ys_stride, const float* acts, const float* cs, const float* d_ys, const float* dh_last,
-                        const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b_ih, float* d_b_hh, float* dh0,
-                        float* dc0, Scratch* state) {
+                        const float* dc_last, float* d_xs, float* d_w_ih, float* d_w_hh, float* d_b_ih, float* d_b_hh,
+                        float* dh0, float* dc0, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, G = 4 * H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;  // units: dz, dW columns, dh, dc
   // Gradients nobody asked for (null outputs: the caller differentiates neither the inputs nor the weights) are
@@ -884,7 +864,8 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
   const int64_t D = h0.dimensions()[0], H = h0.dimensions()[2];
   const bool save = cs->element_count() > 0;
   bool biases_fit = true;
-  for (auto* bias : {&b_ih_0, &b_ih_1, &b_hh_0, &b_hh_1}) biases_fit = biases_fit && has_dims(bias->dimensions(), {4 * H});
+  for (auto* bias : {&b_ih_0, &b_ih_1, &b_hh_0, &b_hh_1})
+    biases_fit = biases_fit && has_dims(bias->dimensions(), {4 * H});
   if (!weights_fit(D, I, H, w_ih_0, w_ih_1, w_hh_0, w_hh_1) || !biases_fit || !has_dims(h0.dimensions(), {D, B, H}) ||
       !has_dims(c0.dimensions(), {D, B, H}) || !has_dims(lengths.dimensions(), {B}) || !has_dims(ys->dimensions(), {T, B, D * H}) ||
       (save && (!has_dims(cs->dimensions(), {D, T, B, H}) || !has_dims(acts->dimensions(), {D, T, B, 4 * H}))))
@@ -915,11 +896,11 @@ ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi:
       prefault(c + d * seq, sizeof(float) * seq, p, P);
       prefault(a + d * 4 * seq, sizeof(float) * 4 * seq, p, P);
     }
-    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], b_ih[d], b_hh[d], h_0 + d * one,
-                      c_0 + d * one, y + d * H, D * H, h_T + d * one, c_T + d * one, save ? c + d * seq : nullptr,
-                      save ? a + d * 4 * seq : nullptr, &state[d * 3]);
+    forward_direction(s, p, P, barrier, (reverse_bits >> d) & 1, length, x, w_ih[d], w_hh[d], b_ih[d], b_hh[d],
+                      h_0 + d * one, c_0 + d * one, y + d * H, D * H, h_T + d * one, c_T + d * one,
+                      save ? c + d * seq : nullptr, save ? a + d * 4 * seq : nullptr, &state[d * 3]);
   };
-  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, save, std::move(work));
+  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, /*hand_off=*/save, std::move(work));
 }
 
 ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
@@ -1004,7 +985,7 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
                        dc_T + d * one, dx != nullptr ? dx + d * input_seq : nullptr, dw_ih[d], dw_hh[d], db_ih[d], db_hh[d],
                        dh_0 + d * one, dc_0 + d * one, &state[d * 3]);
   };
-  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, true, std::move(work));
+  return run_threads(D, static_cast<int>(threads), s.blocks(), &xla_pool, /*hand_off=*/true, std::move(work));
 }
 
 }  // namespace
