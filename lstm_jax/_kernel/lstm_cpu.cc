@@ -28,7 +28,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <memory>
 #include <new>
 #include <mutex>
@@ -838,11 +837,6 @@ bool weights_fit(int64_t D, int64_t I, int64_t H, ffi::Buffer<ffi::F32>& w_ih_0,
   return fit;
 }
 
-// The weights come one buffer per direction (the second is the first again for one direction), and the outputs of
-// both directions share one (T, B, D·H) buffer, each direction writing its H columns of every row: so neither the
-// weights of a bidirectional layer nor its outputs are copied into stacked arrays around the call (in XLA, those
-// copies and the unstacking of the weight gradients took ~2 ms of a 35 ms two-layer bidirectional training step at
-// T = 16).
 // A call that fails before it starts (the handlers return futures: the work may finish after the handler returns).
 ffi::Future failed(ffi::Error error) {
   ffi::Promise promise;
@@ -851,6 +845,11 @@ ffi::Future failed(ffi::Error error) {
   return future;
 }
 
+// The weights come one buffer per direction (the second is the first again for one direction), and the outputs of
+// both directions share one (T, B, D·H) buffer, each direction writing its H columns of every row: so neither the
+// weights of a bidirectional layer nor its outputs are copied into stacked arrays around the call (in XLA, those
+// copies and the unstacking of the weight gradients took ~2 ms of a 35 ms two-layer bidirectional training step at
+// T = 16).
 ffi::Future Forward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi::Buffer<ffi::F32> w_ih_1,
                    ffi::Buffer<ffi::F32> w_hh_0, ffi::Buffer<ffi::F32> w_hh_1, ffi::Buffer<ffi::F32> b_ih_0,
                    ffi::Buffer<ffi::F32> b_ih_1, ffi::Buffer<ffi::F32> b_hh_0, ffi::Buffer<ffi::F32> b_hh_1,
