@@ -1,0 +1,61 @@
+"""benchmarks/kernel_tiles.py: the CPU kernel's own matmul loops, timed alone (tiny shapes: the numbers, not speed)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from lstm_jax import _kernel
+
+SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_tiles.py"
+LOOPS = ["fma", "forward_input", "weight_gradient_step", "weight_gradient_block", "hidden_gradient"]
+
+pytestmark = pytest.mark.skipif(not _kernel.available(), reason="the CPU kernel cannot be built here")
+
+
+@pytest.fixture(scope="module")
+def kernel_tiles():
+    spec = importlib.util.spec_from_file_location("kernel_tiles", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_loop_is_checked_and_timed_on_every_thread(kernel_tiles, tmp_path):
+    # I = 40 and H = 24 leave partial chunks, tiles and unit blocks (H % 16 != 0): the loops' remainders run too.
+    out = tmp_path / "tiles.json"
+    rows = kernel_tiles.main(
+        ["--batch", "7", "--input", "40", "--hidden", "24", "--threads", "2", "--seconds", "0.02", "--json", str(out)]
+    )
+    assert [row["key"] for row in rows] == LOOPS
+    blocks = 1  # two 16-unit blocks of H = 24 over two threads
+    flop = {
+        "forward_input": 2 * 7 * 40 * 64 * blocks,
+        "weight_gradient_step": 2 * 7 * (40 + 24) * 64 * blocks,
+        "weight_gradient_block": 2 * 4 * 7 * (40 + 24) * 64 * blocks,
+        "hidden_gradient": 2 * 7 * (4 * 24) * 16 * blocks,
+    }
+    for row in rows:
+        assert len(row["gflops_per_thread"]) == 2 and min(row["gflops_per_thread"]) > 0
+        if row["key"] in flop:
+            assert row["flop"] == flop[row["key"]]
+            # Each loop's float32 result against a float64 loop over the same numbers.
+            assert row["max_rel_error"] < 1e-4
+    assert rows[0]["of_fma_peak"] == pytest.approx(1.0)
+    saved = json.loads(out.read_text())
+    assert saved["config"]["hidden"] == 24 and [row["key"] for row in saved["rows"]] == LOOPS
+
+
+def test_a_wrong_result_would_be_reported(kernel_tiles, monkeypatch, tmp_path):
+    # The check compares against an independent float64 loop: a kernel source whose tile drops its last k step
+    # must show up as a large error, so that a passing check above means something.
+    source = (kernel_tiles.KERNEL_DIR / "lstm_cpu.cc").read_text()
+    loop = "for (int k = 0; k < n; ++k) {\n    v16 b[NV];"
+    broken = source.replace(loop, loop.replace("k < n", "k < n - 1"))
+    assert broken != source
+    (tmp_path / "lstm_cpu.cc").write_text(broken)
+    monkeypatch.setattr(kernel_tiles, "KERNEL_DIR", tmp_path)
+    rows = kernel_tiles.measure(batch=7, input_size=40, hidden=24, threads=1, seconds=0.01)
+    errors = {row["key"]: row["max_rel_error"] for row in rows}
+    assert errors["forward_input"] > 1e-2 and errors["hidden_gradient"] > 1e-2
