@@ -805,8 +805,10 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // The lines of the row two ahead are requested for writing (prefetchw) before each row is stored: every row of
   // the output starts a new 4 KiB page here (4H floats), in runs of 16 floats per thread and gate too short for the
   // hardware prefetchers, so the stores waited for each line in turn. Per-phase timers, two layers at T = 16: the
-  // unpacking took 245-254 against 287-330 us per thread and step (1, 4 or 8 rows ahead, or prefetching for
-  // reading into L2 or L1, gained less or nothing); whole training steps 0.98-0.99x the time (same-process A/B).
+  // unpacking took 245-254 against 287-330 us per thread and step (4 or 8 rows ahead, or prefetching for reading
+  // into L2 or L1, gained less or nothing). A few hundredths of a millisecond of a 10-20 ms step: whole training
+  // steps took 0.99-1.00x the time in same-process A/Bs (one and two layers, bidirectional, I = H = 512), within
+  // their noise.
   auto unpack = [&](const float* panel, int rows, float* out) {
     constexpr int kAhead = 2;
     for (int k = 0; k < rows; ++k) {
