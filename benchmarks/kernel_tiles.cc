@@ -37,7 +37,8 @@ struct Loop {
 };
 
 // The forward's x_t W_ih part (input_block): a (rows, I) slice times each unit block's (I, 64) panel, 128 rows of
-// the panel at a time, partial sums kept in z between chunks, the bias added first.
+// the panel at a time, partial sums kept in z between chunks, the bias added first. rows: one step's B, or the 4B
+// of a block of 4 steps, which the kernel uses where a thread's panels fill half its L2 or more.
 Loop forward_input(const Problem& p, int rows) {
   auto x = std::make_shared<FloatBuffer>(static_cast<size_t>(rows) * p.I);
   auto panels = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * 64);
@@ -77,7 +78,8 @@ Loop forward_input(const Problem& p, int rows) {
       }
     return worst;
   };
-  return {"forward x W_ih", std::to_string(rows) + " x " + std::to_string(I) + " by (" + std::to_string(I) + ", 64)",
+  return {rows == p.B ? "forward x W_ih, 1 step" : "forward x W_ih, 4 steps",
+          std::to_string(rows) + " x " + std::to_string(I) + " by (" + std::to_string(I) + ", 64)",
           2.0 * rows * I * 64 * blocks, run, check};
 }
 
@@ -216,6 +218,7 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<std::string, std::function<Loop()>>> loops = {
       {"fma", [] { return fma_peak(); }},
       {"forward_input", [&] { return forward_input(p, B); }},
+      {"forward_input_block", [&] { return forward_input(p, 4 * B); }},
       {"weight_gradient_step", [&] { return weight_gradient(p, B); }},
       {"weight_gradient_block", [&] { return weight_gradient(p, kGradientSteps * B); }},
       {"hidden_gradient", [&] { return hidden_gradient(p); }},

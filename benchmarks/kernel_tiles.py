@@ -1,14 +1,14 @@
 """The CPU kernel's matmul loops timed alone: the most each of its phases could reach on this machine.
 
-`kernel_tiles.cc` includes the kernel's source (``lstm_jax/_kernel/lstm_cpu.cc``) and runs four of its loops as
+`kernel_tiles.cc` includes the kernel's source (``lstm_jax/_kernel/lstm_cpu.cc``) and runs its matmul loops as
 the kernel's phases call them, one thread per core, each on its own data (reused from run to run, so it stays in
-the core's caches wherever it fits), all busy at once: the forward's x_t W_ih part (B rows against each unit
-block's (I, 64) panel, 128 panel rows at a time), the backward's weight-gradient update over one step's B rows and
-over a block of 4 steps' rows, and the backward's dz_t W_hhᵀ part (B rows, all 4H columns, four unit blocks per
-register tile); and, for scale, multiply-adds on registers alone (the core's peak). Each loop's result is first
-checked against a double-precision loop. The gap between these rates and the kernel's own phases timed inside a
-training step is what memory traffic, the other threads' writes and the fixed costs of a call take (README, "What
-limits it now"). Run::
+the core's caches wherever it fits), all busy at once: the forward's x_t W_ih part (one step's B rows, or a block
+of 4 steps' rows, against each unit block's (I, 64) panel, 128 panel rows at a time), the backward's
+weight-gradient update over one step's rows and over a block of 4 steps', and the backward's dz_t W_hhᵀ part (B
+rows, all 4H columns, four unit blocks per register tile); and, for scale, multiply-adds on registers alone (the
+core's peak). Each loop's result is first checked against a double-precision loop. The gap between these rates and
+the kernel's own phases timed inside a training step is what memory traffic, the other threads' writes and the
+fixed costs of a call take (README, "What limits it now"). Run::
 
     .venv/bin/python benchmarks/kernel_tiles.py                     # B = 32, I = H = 256, one thread per core
     .venv/bin/python benchmarks/kernel_tiles.py --hidden 512 --input 512 --json out.json
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     for row in rows:
         checked = "–" if row["key"] == "fma" else f"{row['max_rel_error']:.1e}"
         table.add_row(row["name"], row["shape"], f"{row['gflops']:.0f}", f"{row['of_fma_peak']:.0%}", checked)
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(120, Console().width)).print(table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": vars(args), "rows": rows}, f, indent=2)

@@ -9,7 +9,14 @@ import pytest
 from lstm_jax import _kernel
 
 SCRIPT = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_tiles.py"
-LOOPS = ["fma", "forward_input", "weight_gradient_step", "weight_gradient_block", "hidden_gradient"]
+LOOPS = [
+    "fma",
+    "forward_input",
+    "forward_input_block",
+    "weight_gradient_step",
+    "weight_gradient_block",
+    "hidden_gradient",
+]
 
 pytestmark = pytest.mark.skipif(not _kernel.available(), reason="the CPU kernel cannot be built here")
 
@@ -32,6 +39,7 @@ def test_every_loop_is_checked_and_timed_on_every_thread(kernel_tiles, tmp_path)
     blocks = 1  # two 16-unit blocks of H = 24 over two threads
     flop = {
         "forward_input": 2 * 7 * 40 * 64 * blocks,
+        "forward_input_block": 2 * 4 * 7 * 40 * 64 * blocks,
         "weight_gradient_step": 2 * 7 * (40 + 24) * 64 * blocks,
         "weight_gradient_block": 2 * 4 * 7 * (40 + 24) * 64 * blocks,
         "hidden_gradient": 2 * 7 * (4 * 24) * 16 * blocks,
@@ -59,3 +67,4 @@ def test_a_wrong_result_would_be_reported(kernel_tiles, monkeypatch, tmp_path):
     rows = kernel_tiles.measure(batch=7, input_size=40, hidden=24, threads=1, seconds=0.01)
     errors = {row["key"]: row["max_rel_error"] for row in rows}
     assert errors["forward_input"] > 1e-2 and errors["hidden_gradient"] > 1e-2
+    assert errors["forward_input_block"] > 1e-2
