@@ -36,9 +36,9 @@ struct Loop {
   std::function<double()> check;
 };
 
-// The forward's x_t W_ih part (input_block): a (rows, I) slice times each unit block's (I, 64) panel, 128 rows of
-// the panel at a time, partial sums kept in z between chunks, the bias added first. rows: one step's B, or the 4B
-// of a block of 4 steps, which the kernel uses where a thread's panels fill half its L2 or more.
+// The forward's x_t W_ih part (input_part, per unit block): a (rows, I) slice times each unit block's (I, 64) panel.
+// rows: one step's B, or the 4B of a block of 4 steps, which the kernel uses where a thread's panels fill half its L2
+// or more.
 Loop forward_input(const Problem& p, int rows) {
   auto x = std::make_shared<FloatBuffer>(static_cast<size_t>(rows) * p.I);
   auto panels = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * 64);
@@ -47,25 +47,9 @@ Loop forward_input(const Problem& p, int rows) {
   fill(*x, 1), fill(*panels, 2), fill(*bias, 3);
   const int I = p.I, blocks = p.blocks;
   auto run = [=] {
-    for (int u = 0; u < blocks; ++u) {
-      const float* panel = panels->data() + static_cast<size_t>(u) * I * 64;
-      float* zu = z->data() + static_cast<size_t>(u) * rows * 64;
-      for (int k0 = 0; k0 < I; k0 += kChunk) {
-        const int k1 = std::min(I, k0 + kChunk);
-        const float* wk = panel + static_cast<size_t>(k0) * 64;
-        const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-        for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
-          mr = tile_height(rows - r0);
-          v16 acc[kRows][4];
-          for (int r = 0; r < mr; ++r)
-            for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(k0 == 0 ? bias->data() + q * kUnits : zu + (r0 + r) * 64 + q * kUnits);
-          tile_rows<4>(mr, x->data() + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, 64, acc);
-          for (int r = 0; r < mr; ++r)
-            for (int q = 0; q < 4; ++q) store(zu + (r0 + r) * 64 + q * kUnits, acc[r][q]);
-        }
-      }
-    }
+    for (int u = 0; u < blocks; ++u)
+      input_part(x->data(), rows, I, panels->data() + static_cast<size_t>(u) * I * 64, bias->data(),
+                 z->data() + static_cast<size_t>(u) * rows * 64);
   };
   auto check = [=] {
     run();

@@ -427,6 +427,29 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
 }
 
 // The forward pass of one direction, on thread p of a group of P.
+// z = bias + x W_ih for one unit block: x is (rows, I), the block's panel [I][64] (the first I rows of its
+// [W_ih; W_hh] panel), z [rows][64]. 128 panel rows at a time, so that they stay in L1 while every row tile passes
+// over them, the partial sums kept in z between chunks. (benchmarks/kernel_tiles.cc times this loop alone.)
+inline void input_part(const float* x, int rows, int I, const float* panel, const float* bias, float* z) {
+  for (int k0 = 0; k0 < I; k0 += kChunk) {
+    const int k1 = std::min(I, k0 + kChunk);
+    const float* wk = panel + static_cast<size_t>(k0) * 64;
+    const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+    for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
+      mr = tile_height(rows - r0);
+      v16 acc[kRows][4];
+      for (int r = 0; r < mr; ++r)
+        for (int q = 0; q < 4; ++q) acc[r][q] = load(k0 == 0 ? bias + q * kUnits : z + (r0 + r) * 64 + q * kUnits);
+      tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, 64, acc);
+      for (int r = 0; r < mr; ++r)
+        for (int q = 0; q < 4; ++q) store(z + (r0 + r) * 64 + q * kUnits, acc[r][q]);
+    }
+  }
+  if (I == 0)
+    for (int r = 0; r < rows; ++r)
+      for (int q = 0; q < 4; ++q) store(z + r * 64 + q * kUnits, load(bias + q * kUnits));
+}
+
 void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                        const float* xs, const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh,
                        const float* h0, const float* c0,
@@ -482,28 +505,9 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
     block_of(step, t_low, count);
     const float* x = xs + static_cast<size_t>(t_low) * B * I;
     const int rows = count * B;
-    for (int u = u0; u < u1; ++u) {
-      const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
-      float* z = &z_input[static_cast<size_t>(u - u0) * steps * B * 64];
-      for (int k0 = 0; k0 < I; k0 += kChunk) {
-        const int k1 = std::min(I, k0 + kChunk);
-        const float* wk = panel + static_cast<size_t>(k0) * 64;
-        const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
-        for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
-          mr = tile_height(rows - r0);
-          v16 acc[kRows][4];
-          for (int r = 0; r < mr; ++r)
-            for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(k0 == 0 ? &panel_bias[(u - u0) * 64 + q * kUnits] : &z[(r0 + r) * 64 + q * kUnits]);
-          tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, 64, acc);
-          for (int r = 0; r < mr; ++r)
-            for (int q = 0; q < 4; ++q) store(&z[(r0 + r) * 64 + q * kUnits], acc[r][q]);
-        }
-      }
-      if (I == 0)
-        for (int r = 0; r < rows; ++r)
-          for (int q = 0; q < 4; ++q) store(&z[r * 64 + q * kUnits], load(&panel_bias[(u - u0) * 64 + q * kUnits]));
-    }
+    for (int u = u0; u < u1; ++u)
+      input_part(x, rows, I, &panels[static_cast<size_t>(u - u0) * K * 64], &panel_bias[(u - u0) * 64],
+                 &z_input[static_cast<size_t>(u - u0) * steps * B * 64]);
   };
   // The saved activations (c and the gates, for the backward call) go around the caches where this thread's W_hh
   // panel fills half its L2 or more (I = H = 384 and 512 on two threads) and they are more than four L2s: passing
