@@ -426,7 +426,6 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
   return future;
 }
 
-// The forward pass of one direction, on thread p of a group of P.
 // z = bias + x W_ih for one unit block: x is (rows, I), the block's panel [I][64] (the first I rows of its
 // [W_ih; W_hh] panel), z [rows][64]. 128 panel rows at a time, so that they stay in L1 while every row tile passes
 // over them, the partial sums kept in z between chunks. (benchmarks/kernel_tiles.cc times this loop alone.)
@@ -450,6 +449,7 @@ inline void input_part(const float* x, int rows, int I, const float* panel, cons
       for (int q = 0; q < 4; ++q) store(z + r * 64 + q * kUnits, load(bias + q * kUnits));
 }
 
+// The forward pass of one direction, on thread p of a group of P.
 void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reverse, const int32_t* lengths,
                        const float* xs, const float* w_ih, const float* w_hh, const float* b_ih, const float* b_hh,
                        const float* h0, const float* c0,
