@@ -1,7 +1,8 @@
 // The CPU kernel's matmul loops timed alone: each thread runs one of them over and over on its own data (reused
-// from run to run, so it stays in the core's caches wherever it fits), every thread busy at once as in the kernel. What this measures is the most
-// each phase of lstm_cpu.cc could reach if nothing but its register tiles cost anything; the kernel's phases, timed
-// inside a training step, run below it by what memory and the other threads add. benchmarks/kernel_tiles.py builds
+// from run to run, so it stays in the core's caches wherever it fits), every thread busy at once as in the kernel.
+// What this measures is the most each phase of lstm_cpu.cc could reach if nothing but its register tiles cost
+// anything; the kernel's phases, timed inside a training step, run below it by what memory and the other threads
+// add. benchmarks/kernel_tiles.py builds
 // and runs it; the loops below are the kernel's own (this file includes lstm_cpu.cc), set up the way its phases
 // call them.
 //
@@ -76,8 +77,13 @@ Loop weight_gradient(const Problem& p, int rows) {
   auto dw_ih = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * 64);
   auto dw_hh = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.H * 64);
   fill(*x, 4), fill(*h, 5), fill(*dz, 6);
-  auto x_rows = std::make_shared<std::vector<const float*>>(rows), h_rows = std::make_shared<std::vector<const float*>>(rows);
-  for (int b = 0; b < rows; ++b) (*x_rows)[b] = x->data() + static_cast<size_t>(b) * p.I, (*h_rows)[b] = h->data() + static_cast<size_t>(b) * p.H;
+  // [x_t, h_{t-1}] through one pointer per row, as the kernel reads them (its rows lie in different buffers).
+  auto x_rows = std::make_shared<std::vector<const float*>>(rows);
+  auto h_rows = std::make_shared<std::vector<const float*>>(rows);
+  for (int b = 0; b < rows; ++b) {
+    (*x_rows)[b] = x->data() + static_cast<size_t>(b) * p.I;
+    (*h_rows)[b] = h->data() + static_cast<size_t>(b) * p.H;
+  }
   const int I = p.I, H = p.H, blocks = p.blocks;
   auto update = [=](bool first) {
     for (int u = 0; u < blocks; ++u) {
@@ -92,7 +98,10 @@ Loop weight_gradient(const Problem& p, int rows) {
     for (int k = 0; k < I + H; k += 3)
       for (int c = 0; c < 64; c += 5) {
         double sum = 0;
-        for (int b = 0; b < rows; ++b) sum += static_cast<double>((k < I ? (*x)[b * I + k] : (*h)[b * H + k - I])) * (*dz)[b * 64 + c];
+        for (int b = 0; b < rows; ++b) {
+          const float a = k < I ? (*x)[b * I + k] : (*h)[b * H + k - I];
+          sum += static_cast<double>(a) * (*dz)[b * 64 + c];
+        }
         const float got = k < I ? (*dw_ih)[k * 64 + c] : (*dw_hh)[(k - I) * 64 + c];
         worst = std::max(worst, std::abs(got - sum) / (std::abs(sum) + 1e-3));
       }
@@ -133,7 +142,8 @@ Loop hidden_gradient(const Problem& p) {
     for (int r = 0; r < B; r += 5)
       for (int j = 0; j < blocks * kUnits; j += 7) {
         double sum = 0;
-        for (int n = 0; n < G; ++n) sum += static_cast<double>((*dz)[r * G + n]) * (*panels)[(static_cast<size_t>(j / kUnits) * G + n) * kUnits + j % kUnits];
+        const float* panel = panels->data() + static_cast<size_t>(j / kUnits) * G * kUnits + j % kUnits;
+        for (int n = 0; n < G; ++n) sum += static_cast<double>((*dz)[r * G + n]) * panel[n * kUnits];
         worst = std::max(worst, std::abs((*dh)[r * blocks * kUnits + j] - sum) / (std::abs(sum) + 1e-3));
       }
     return worst;
