@@ -16,7 +16,7 @@
 
 namespace {
 
-// A thread's share of a layer's hidden units, in blocks of 16, as the kernel splits them.
+// A thread's share of a layer's hidden units, in blocks of kUnits, as the kernel splits them.
 int own_blocks(int H, int threads) { return ((H + kUnits - 1) / kUnits + threads - 1) / threads; }
 
 struct Problem {
@@ -37,45 +37,47 @@ struct Loop {
   std::function<double()> check;
 };
 
-// The forward's x_t W_ih part (input_part, per unit block): a (rows, I) slice times each unit block's (I, 64) panel.
+// The forward's x_t W_ih part (input_part, per unit block): a (rows, I) slice times each unit block's (I, kColumns)
+// panel.
 // rows: one step's B, or the 4B of a block of 4 steps, which the kernel uses where a thread's panels fill half its L2
 // or more.
 Loop forward_input(const Problem& p, int rows) {
   auto x = std::make_shared<FloatBuffer>(static_cast<size_t>(rows) * p.I);
-  auto panels = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * 64);
-  auto bias = std::make_shared<FloatBuffer>(64);
-  auto z = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * rows * 64);
+  auto panels = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * kColumns);
+  auto bias = std::make_shared<FloatBuffer>(kColumns);
+  auto z = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * rows * kColumns);
   fill(*x, 1), fill(*panels, 2), fill(*bias, 3);
   const int I = p.I, blocks = p.blocks;
   auto run = [=] {
     for (int u = 0; u < blocks; ++u)
-      input_part(x->data(), rows, I, panels->data() + static_cast<size_t>(u) * I * 64, bias->data(),
-                 z->data() + static_cast<size_t>(u) * rows * 64);
+      input_part(x->data(), rows, I, panels->data() + static_cast<size_t>(u) * I * kColumns, bias->data(),
+                 z->data() + static_cast<size_t>(u) * rows * kColumns);
   };
   auto check = [=] {
     run();
     double worst = 0;
     for (int r = 0; r < rows; r += 7)
-      for (int c = 0; c < 64; c += 5) {
+      for (int c = 0; c < kColumns; c += 5) {
         double sum = (*bias)[c];
-        for (int k = 0; k < I; ++k) sum += static_cast<double>((*x)[r * I + k]) * (*panels)[k * 64 + c];
-        worst = std::max(worst, std::abs((*z)[r * 64 + c] - sum) / (std::abs(sum) + 1e-3));
+        for (int k = 0; k < I; ++k) sum += static_cast<double>((*x)[r * I + k]) * (*panels)[k * kColumns + c];
+        worst = std::max(worst, std::abs((*z)[r * kColumns + c] - sum) / (std::abs(sum) + 1e-3));
       }
     return worst;
   };
   return {rows == p.B ? "forward x W_ih, 1 step" : "forward x W_ih, 4 steps",
-          std::to_string(rows) + " x " + std::to_string(I) + " by (" + std::to_string(I) + ", 64)",
-          2.0 * rows * I * 64 * blocks, run, check};
+          std::to_string(rows) + " x " + std::to_string(I) + " by (" + std::to_string(I) + ", " +
+              std::to_string(kColumns) + ")",
+          2.0 * rows * I * kColumns * blocks, run, check};
 }
 
 // The backward's weight-gradient update (accumulate_outer): [x_t, h_{t-1}]^T dz_t added into each unit block's
-// (I + H, 64) panels, a contraction over `rows` batch rows (one step: B; a block of 4 steps: 4B).
+// (I + H, kColumns) panels, a contraction over `rows` batch rows (one step: B; a block of 4 steps: 4B).
 Loop weight_gradient(const Problem& p, int rows) {
   auto x = std::make_shared<FloatBuffer>(static_cast<size_t>(rows) * p.I);
   auto h = std::make_shared<FloatBuffer>(static_cast<size_t>(rows) * p.H);
-  auto dz = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * rows * 64);
-  auto dw_ih = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * 64);
-  auto dw_hh = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.H * 64);
+  auto dz = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * rows * kColumns);
+  auto dw_ih = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.I * kColumns);
+  auto dw_hh = std::make_shared<FloatBuffer>(static_cast<size_t>(p.blocks) * p.H * kColumns);
   fill(*x, 4), fill(*h, 5), fill(*dz, 6);
   // [x_t, h_{t-1}] through one pointer per row, as the kernel reads them (its rows lie in different buffers).
   auto x_rows = std::make_shared<std::vector<const float*>>(rows);
@@ -87,33 +89,33 @@ Loop weight_gradient(const Problem& p, int rows) {
   const int I = p.I, H = p.H, blocks = p.blocks;
   auto update = [=](bool first) {
     for (int u = 0; u < blocks; ++u) {
-      const float* z = dz->data() + static_cast<size_t>(u) * rows * 64;
-      accumulate_outer(x_rows->data(), I, rows, z, dw_ih->data() + static_cast<size_t>(u) * I * 64, first);
-      accumulate_outer(h_rows->data(), H, rows, z, dw_hh->data() + static_cast<size_t>(u) * H * 64, first);
+      const float* z = dz->data() + static_cast<size_t>(u) * rows * kColumns;
+      accumulate_outer(x_rows->data(), I, rows, z, dw_ih->data() + static_cast<size_t>(u) * I * kColumns, first);
+      accumulate_outer(h_rows->data(), H, rows, z, dw_hh->data() + static_cast<size_t>(u) * H * kColumns, first);
     }
   };
   auto check = [=] {
     update(true);
     double worst = 0;
     for (int k = 0; k < I + H; k += 3)
-      for (int c = 0; c < 64; c += 5) {
+      for (int c = 0; c < kColumns; c += 5) {
         double sum = 0;
         for (int b = 0; b < rows; ++b) {
           const float a = k < I ? (*x)[b * I + k] : (*h)[b * H + k - I];
-          sum += static_cast<double>(a) * (*dz)[b * 64 + c];
+          sum += static_cast<double>(a) * (*dz)[b * kColumns + c];
         }
-        const float got = k < I ? (*dw_ih)[k * 64 + c] : (*dw_hh)[(k - I) * 64 + c];
+        const float got = k < I ? (*dw_ih)[k * kColumns + c] : (*dw_hh)[(k - I) * kColumns + c];
         worst = std::max(worst, std::abs(got - sum) / (std::abs(sum) + 1e-3));
       }
     return worst;
   };
   return {rows == p.B ? "dW update, 1 step" : "dW update, 4 steps",
-          std::to_string(I + H) + " x 64 over " + std::to_string(rows) + " rows",
-          2.0 * rows * (I + H) * 64 * blocks, [=] { update(false); }, check};
+          std::to_string(I + H) + " x " + std::to_string(kColumns) + " over " + std::to_string(rows) + " rows",
+          2.0 * rows * (I + H) * kColumns * blocks, [=] { update(false); }, check};
 }
 
 // The backward's dh_{t-1} = dz_t W_hh^T part (project): each tile runs over all 4H columns of dz_t, (B, 4H) with
-// rows 4H floats apart, against up to four unit blocks' [4H][16] panels, its sums staying in registers.
+// rows 4H floats apart, against up to four unit blocks' [4H][kUnits] panels, its sums staying in registers.
 Loop hidden_gradient(const Problem& p) {
   const int G = 4 * p.H, B = p.B, blocks = p.blocks;
   auto dz = std::make_shared<FloatBuffer>(static_cast<size_t>(B) * G);
@@ -127,7 +129,7 @@ Loop hidden_gradient(const Problem& p) {
       for (int v = 0; v < nv; ++v) cols[v] = panels->data() + static_cast<size_t>(first + v) * G * kUnits;
       for (int r0 = 0, mr = 0; r0 < B; r0 += mr) {
         mr = tile_height(B - r0);
-        v16 acc[kRows][4];
+        vec acc[kRows][4];
         for (int r = 0; r < mr; ++r)
           for (int v = 0; v < nv; ++v) acc[r][v] = splat(0.f);
         tile_any(mr, nv, dz->data() + static_cast<size_t>(r0) * G, G, G, cols, kUnits, acc);
@@ -148,26 +150,29 @@ Loop hidden_gradient(const Problem& p) {
       }
     return worst;
   };
-  return {"backward dz W_hh^T", std::to_string(B) + " x " + std::to_string(G) + " by (" + std::to_string(G) + ", 16)",
+  return {"backward dz W_hh^T",
+          std::to_string(B) + " x " + std::to_string(G) + " by (" + std::to_string(G) + ", " + std::to_string(kUnits) +
+              ")",
           2.0 * B * G * kUnits * blocks, run, check};
 }
 
-// Multiply-adds on registers only: 24 independent accumulators, the most the tiles keep.
+// Multiply-adds on registers only: as many independent accumulators as the tiles keep (kRows x 4).
 Loop fma_peak() {
+  constexpr int kAccumulators = kRows * 4;
   auto sink = std::make_shared<float>(0.f);
   auto run = [=] {
-    v16 acc[24];
-    for (int i = 0; i < 24; ++i) acc[i] = splat(0.001f * i);
-    const v16 a = splat(0.999f), b = splat(0.0001f);
+    vec acc[kAccumulators];
+    for (int i = 0; i < kAccumulators; ++i) acc[i] = splat(0.001f * i);
+    const vec a = splat(0.999f), b = splat(0.0001f);
     for (int k = 0; k < 4096; ++k) {
 #pragma GCC unroll 24
-      for (int i = 0; i < 24; ++i) acc[i] = acc[i] * a + b;
+      for (int i = 0; i < kAccumulators; ++i) acc[i] = acc[i] * a + b;
     }
     float s = 0;
-    for (int i = 0; i < 24; ++i) s += acc[i][0];
+    for (int i = 0; i < kAccumulators; ++i) s += acc[i][0];
     *sink += s;
   };
-  return {"FMA peak", "registers only", 2.0 * 4096 * 24 * 16, run, [] { return 0.0; }};
+  return {"FMA peak", "registers only", 2.0 * 4096 * kAccumulators * kUnits, run, [] { return 0.0; }};
 }
 
 // Runs the loop on every thread at once for about `seconds`; each thread's best rate, over timings of >= 2 ms.
@@ -224,8 +229,8 @@ int main(int argc, char** argv) {
     std::string list;
     for (double r : per_thread) list += (list.empty() ? "" : ", ") + std::to_string(r);
     std::printf("{\"key\": \"%s\", \"name\": \"%s\", \"shape\": \"%s\", \"flop\": %.0f, \"max_rel_error\": %.3g, "
-                "\"gflops_per_thread\": [%s]}\n",
-                key.c_str(), probe.name.c_str(), probe.shape.c_str(), probe.flops, error, list.c_str());
+                "\"gflops_per_thread\": [%s], \"units\": %d, \"tile_rows\": %d}\n",
+                key.c_str(), probe.name.c_str(), probe.shape.c_str(), probe.flops, error, list.c_str(), kUnits, kRows);
     std::fflush(stdout);
   }
   return 0;

@@ -3,12 +3,13 @@
 `kernel_tiles.cc` includes the kernel's source (``lstm_jax/_kernel/lstm_cpu.cc``) and runs its matmul loops as
 the kernel's phases call them, one thread per core, each on its own data (reused from run to run, so it stays in
 the core's caches wherever it fits), all busy at once: the forward's x_t W_ih part (one step's B rows, or a block
-of 4 steps' rows, against each unit block's (I, 64) panel, 128 panel rows at a time), the backward's
+of 4 steps' rows, against each unit block's (I, 4·units) panel, 128 panel rows at a time), the backward's
 weight-gradient update over one step's rows and over a block of 4 steps', and the backward's dz_t W_hhᵀ part (B
 rows, all 4H columns, four unit blocks per register tile); and, for scale, multiply-adds on registers alone (the
-core's peak). Each loop's result is first checked against a double-precision loop. The gap between these rates and
-the kernel's own phases timed inside a training step is what memory traffic, the other threads' writes and the
-fixed costs of a call take (README, "What limits it now"). Run::
+core's peak). A unit block is 16 hidden units with AVX-512 and 8 without (``units`` and ``tile_rows`` in every row
+say which tiles the kernel was compiled with). Each loop's result is first checked against a double-precision
+loop. The gap between these rates and the kernel's own phases timed inside a training step is what memory traffic,
+the other threads' writes and the fixed costs of a call take (README, "What limits it now"). Run::
 
     .venv/bin/python benchmarks/kernel_tiles.py                     # B = 32, I = H = 256, one thread per core
     .venv/bin/python benchmarks/kernel_tiles.py --hidden 512 --input 512 --json out.json

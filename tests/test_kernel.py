@@ -42,8 +42,9 @@ def _loss_and_grads(impl, params, xs, state, lengths, coefficients):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
 
 
-# (T, B, I, H): B not a multiple of the 4-row tile, H not a multiple of the 16-unit block, I + H and 4H across the
-# 128-row chunks (the x/h boundary inside a chunk), one unit block only (a second thread has nothing to do), T = 1.
+# (T, B, I, H): B not a multiple of the tile's rows (6 with AVX-512, 3 without), H not a multiple of the unit block
+# (16 units with AVX-512, 8 without; H = 20 and 7 are neither), I + H and 4H across the 128-row chunks (the x/h
+# boundary inside a chunk), one unit block only (H = 7: a second thread has nothing to do), T = 1.
 SHAPES = [(5, 5, 6, 20), (4, 6, 100, 40), (3, 1, 3, 7), (1, 4, 16, 16)]
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import pathlib
 
 import pytest
@@ -30,19 +31,23 @@ def kernel_tiles():
 
 
 def test_every_loop_is_checked_and_timed_on_every_thread(kernel_tiles, tmp_path):
-    # I = 40 and H = 24 leave partial chunks, tiles and unit blocks (H % 16 != 0): the loops' remainders run too.
+    # I = 40 and H = 20 leave partial chunks, tiles and unit blocks (20 is a multiple of neither 16 nor 8 units):
+    # the loops' remainders run too.
     out = tmp_path / "tiles.json"
     rows = kernel_tiles.main(
-        ["--batch", "7", "--input", "40", "--hidden", "24", "--threads", "2", "--seconds", "0.02", "--json", str(out)]
+        ["--batch", "7", "--input", "40", "--hidden", "20", "--threads", "2", "--seconds", "0.02", "--json", str(out)]
     )
     assert [row["key"] for row in rows] == LOOPS
-    blocks = 1  # two 16-unit blocks of H = 24 over two threads
+    units = rows[0]["units"]  # 16 with AVX-512, else 8: the kernel's vector width
+    assert units in (8, 16) and all(row["units"] == units for row in rows)
+    blocks = math.ceil(math.ceil(20 / units) / 2)  # the larger thread's share of H = 20's unit blocks
+    columns = 4 * units  # a unit block's gate columns
     flop = {
-        "forward_input": 2 * 7 * 40 * 64 * blocks,
-        "forward_input_block": 2 * 4 * 7 * 40 * 64 * blocks,
-        "weight_gradient_step": 2 * 7 * (40 + 24) * 64 * blocks,
-        "weight_gradient_block": 2 * 4 * 7 * (40 + 24) * 64 * blocks,
-        "hidden_gradient": 2 * 7 * (4 * 24) * 16 * blocks,
+        "forward_input": 2 * 7 * 40 * columns * blocks,
+        "forward_input_block": 2 * 4 * 7 * 40 * columns * blocks,
+        "weight_gradient_step": 2 * 7 * (40 + 20) * columns * blocks,
+        "weight_gradient_block": 2 * 4 * 7 * (40 + 20) * columns * blocks,
+        "hidden_gradient": 2 * 7 * (4 * 20) * units * blocks,
     }
     for row in rows:
         assert len(row["gflops_per_thread"]) == 2 and min(row["gflops_per_thread"]) > 0
@@ -52,19 +57,19 @@ def test_every_loop_is_checked_and_timed_on_every_thread(kernel_tiles, tmp_path)
             assert row["max_rel_error"] < 1e-4
     assert rows[0]["of_fma_peak"] == pytest.approx(1.0)
     saved = json.loads(out.read_text())
-    assert saved["config"]["hidden"] == 24 and [row["key"] for row in saved["rows"]] == LOOPS
+    assert saved["config"]["hidden"] == 20 and [row["key"] for row in saved["rows"]] == LOOPS
 
 
 def test_a_wrong_result_would_be_reported(kernel_tiles, monkeypatch, tmp_path):
     # The check compares against an independent float64 loop: a kernel source whose tile drops its last k step
     # must show up as a large error, so that a passing check above means something.
     source = (kernel_tiles.KERNEL_DIR / "lstm_cpu.cc").read_text()
-    loop = "for (int k = 0; k < n; ++k) {\n    v16 b[NV];"
+    loop = "for (int k = 0; k < n; ++k) {\n    vec b[NV];"
     broken = source.replace(loop, loop.replace("k < n", "k < n - 1"))
     assert broken != source
     (tmp_path / "lstm_cpu.cc").write_text(broken)
     monkeypatch.setattr(kernel_tiles, "KERNEL_DIR", tmp_path)
-    rows = kernel_tiles.measure(batch=7, input_size=40, hidden=24, threads=1, seconds=0.01)
+    rows = kernel_tiles.measure(batch=7, input_size=40, hidden=20, threads=1, seconds=0.01)
     errors = {row["key"]: row["max_rel_error"] for row in rows}
     assert errors["forward_input"] > 1e-2 and errors["hidden_gradient"] > 1e-2
     assert errors["forward_input_block"] > 1e-2

@@ -4,10 +4,10 @@
 // thread pool for every one of them (README, "Why not faster than PyTorch"). Here the whole time loop runs inside one
 // call, on threads that stay alive for the whole sequence and meet at a spin barrier once per step:
 //
-// * Forward: each thread owns blocks of 16 hidden units. Its slice of [W_ih; W_hh] is packed once per call into a
-//   panel per block, (I+H) rows x 64 columns = the i, f, g, o columns of those 16 units, so a 6-row x 64-column
-//   register tile of z = [x_t, h_{t-1}] @ [W_ih; W_hh] + b holds whole gates, and the cell update runs on the
-//   registers before anything is stored. Threads read all of h_{t-1} and write their units of h_t (double-buffered),
+// * Forward: each thread owns blocks of kUnits hidden units (16 with AVX-512, else 8: one vector register). Its
+//   slice of [W_ih; W_hh] is packed once per call into a panel per block, (I+H) rows x 4 kUnits columns = the i, f,
+//   g, o columns of those units, so a register tile of z = [x_t, h_{t-1}] @ [W_ih; W_hh] + b (kRows rows x 4
+//   vectors) holds whole gates, and the cell update runs on the registers before anything is stored. Threads read all of h_{t-1} and write their units of h_t (double-buffered),
 //   so one barrier per step suffices.
 // * Backward: phase 1, per thread and unit block, turns (dh, dc) and the stored gate activations into dz_t and the
 //   next dc; a barrier; phase 2 computes the thread's units of dh_{t-1} = dz_t @ W_hh^T from all of dz_t. Phase 1 of
@@ -54,21 +54,35 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// 16 floats; GCC/Clang compile this to one AVX-512 register, two AVX registers, or four SSE registers.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4)));
+// The register tiles are sized for the machine's vector registers. With AVX-512 (32 registers of 16 floats) a
+// unit block is 16 hidden units and a tile 6 rows x 4 vectors = 24 accumulators. Without it (AVX2: 16 registers of
+// 8 floats), 16-float vectors compiled to pairs of registers and the 48 accumulators of that tile spilled to the
+// stack at every multiply-add: on a 2-core AMD EPYC (Zen 1) a one-layer training step at T = 16, I = H = 256 took
+// 218 ms against torch's 31. There a block is 8 units and a tile 3 rows x 4 vectors = 12 accumulators, with room
+// for the 4 panel vectors it multiplies.
+#ifdef __AVX512F__
+constexpr int kUnits = 16;     // hidden units per block: one vector
+constexpr int kRows = 6;       // rows of a register tile of 4 vectors
+constexpr int kOuterRows = 4;  // weight-gradient rows per tile of the update (4 x 4 accumulators)
+#else
+constexpr int kUnits = 8;
+constexpr int kRows = 3;
+constexpr int kOuterRows = 3;
+#endif
+constexpr int kColumns = 4 * kUnits;  // a unit block's gate columns: i, f, g, o of its units, side by side
 
-constexpr int kUnits = 16;  // hidden units per block: one vector
-constexpr int kRows = 6;    // rows of a register tile: 6 x 4 vectors = 24 accumulators of AVX-512's 32
+// One vector of kUnits floats (one register of its width), and the same type for loads and stores at any address.
+typedef float vec __attribute__((vector_size(kUnits * sizeof(float))));
+typedef float vecu __attribute__((vector_size(kUnits * sizeof(float)), aligned(4)));
 constexpr int kChunk = 128; // rows of a weight panel kept in L1 while every row tile passes over it
 constexpr int kGradientSteps = 4;  // time steps per weight-gradient update of the backward pass
 
-inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
-inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
-inline v16 splat(float s) { return (v16){} + s; }
+inline vec load(const float* p) { return *reinterpret_cast<const vecu*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vecu*>(p) = v; }
+inline vec splat(float s) { return (vec){} + s; }
 
-// The first n floats of v to p (n < 16 only in the last block when H is not a multiple of 16).
-inline void store_n(float* p, v16 v, int n) {
+// The first n floats of v to p (n < kUnits only in the last block when H is not a multiple of kUnits).
+inline void store_n(float* p, vec v, int n) {
   if (n == kUnits) {
     store(p, v);
   } else {
@@ -78,16 +92,19 @@ inline void store_n(float* p, v16 v, int n) {
   }
 }
 // store_n, or with a non-temporal store (around the caches) when `stream` and a whole aligned vector goes out.
-inline void store_n(float* p, v16 v, int n, bool stream) {
-#ifdef __AVX512F__
-  if (stream && n == kUnits && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+inline void store_n(float* p, vec v, int n, bool stream) {
+  if (stream && n == kUnits && (reinterpret_cast<uintptr_t>(p) % sizeof(vec)) == 0) {
+#if defined(__AVX512F__)
     _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
     return;
-  }
+#elif defined(__AVX__)
+    _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+    return;
 #endif
+  }
   store_n(p, v, n);
 }
-inline v16 load_n(const float* p, int n) {
+inline vec load_n(const float* p, int n) {
   if (n == kUnits) return load(p);
   float tmp[kUnits] = {};
   std::memcpy(tmp, p, sizeof(float) * n);
@@ -95,33 +112,33 @@ inline v16 load_n(const float* p, int n) {
 }
 
 // Eigen's float tanh (generic_fast_tanh_float): a 13/6 rational approximation on [-7.9, 7.9], +-1 beyond.
-inline v16 vtanh(v16 x) {
+inline vec vtanh(vec x) {
   const float limit = 7.90531110763549805f;
   x = x < -limit ? splat(-limit) : x;
   x = x > limit ? splat(limit) : x;
-  const v16 x2 = x * x;
-  v16 p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  const vec x2 = x * x;
+  vec p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = x2 * p + -8.60467152213735e-11f;
   p = x2 * p + 5.12229709037114e-08f;
   p = x2 * p + 1.48572235717979e-05f;
   p = x2 * p + 6.37261928875436e-04f;
   p = x2 * p + 4.89352455891786e-03f;
   p = x * p;
-  v16 q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  vec q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = x2 * q + 2.26843463243900e-03f;
   q = x2 * q + 4.89352518554385e-03f;
   return p / q;
 }
-inline v16 vsigmoid(v16 x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
+inline vec vsigmoid(vec x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
 
 // acc[r][v] += sum_k a[r * lda + k] * w[v][k * ldw + 0..15] for k < n: the register tile every matmul here uses.
 template <int MR, int NV>
-inline void tile(const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
-  v16 c[MR][NV];
+inline void tile(const float* a, long lda, int n, const float* const* w, long ldw, vec (&acc)[kRows][4]) {
+  vec c[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) c[r][v] = acc[r][v];
   for (int k = 0; k < n; ++k) {
-    v16 b[NV];
+    vec b[NV];
     for (int v = 0; v < NV; ++v) b[v] = load(w[v] + k * ldw);
     for (int r = 0; r < MR; ++r) {
       const float s = a[r * lda + k];
@@ -137,20 +154,17 @@ inline void tile(const float* a, long lda, int n, const float* const* w, long ld
 // leave the FMA units waiting).
 inline int tile_height(int left) { return left <= kRows ? left : left < 2 * kRows ? (left + 1) / 2 : kRows; }
 
-template <int NV>
-inline void tile_rows(int mr, const float* a, long lda, int n, const float* const* w, long ldw, v16 (&acc)[kRows][4]) {
-  switch (mr) {
-    case 6: tile<6, NV>(a, lda, n, w, ldw, acc); break;
-    case 5: tile<5, NV>(a, lda, n, w, ldw, acc); break;
-    case 4: tile<4, NV>(a, lda, n, w, ldw, acc); break;
-    case 3: tile<3, NV>(a, lda, n, w, ldw, acc); break;
-    case 2: tile<2, NV>(a, lda, n, w, ldw, acc); break;
-    default: tile<1, NV>(a, lda, n, w, ldw, acc); break;
+// tile<mr, NV> for a run-time mr of 1 to kRows.
+template <int NV, int MR = kRows>
+inline void tile_rows(int mr, const float* a, long lda, int n, const float* const* w, long ldw, vec (&acc)[kRows][4]) {
+  if constexpr (MR > 1) {
+    if (mr < MR) return tile_rows<NV, MR - 1>(mr, a, lda, n, w, ldw, acc);
   }
+  tile<MR, NV>(a, lda, n, w, ldw, acc);
 }
 
 inline void tile_any(int mr, int nv, const float* a, long lda, int n, const float* const* w, long ldw,
-                     v16 (&acc)[kRows][4]) {
+                     vec (&acc)[kRows][4]) {
   switch (nv) {
     case 4: tile_rows<4>(mr, a, lda, n, w, ldw, acc); break;
     case 3: tile_rows<3>(mr, a, lda, n, w, ldw, acc); break;
@@ -426,27 +440,27 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
   return future;
 }
 
-// z = bias + x W_ih for one unit block: x is (rows, I), the block's panel [I][64] (the first I rows of its
-// [W_ih; W_hh] panel), z [rows][64]. 128 panel rows at a time, so that they stay in L1 while every row tile passes
+// z = bias + x W_ih for one unit block: x is (rows, I), the block's panel [I][kColumns] (the first I rows of its
+// [W_ih; W_hh] panel), z [rows][kColumns]. 128 panel rows at a time, so that they stay in L1 while every row tile passes
 // over them, the partial sums kept in z between chunks. (benchmarks/kernel_tiles.cc times this loop alone.)
 inline void input_part(const float* x, int rows, int I, const float* panel, const float* bias, float* z) {
   for (int k0 = 0; k0 < I; k0 += kChunk) {
     const int k1 = std::min(I, k0 + kChunk);
-    const float* wk = panel + static_cast<size_t>(k0) * 64;
-    const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+    const float* wk = panel + static_cast<size_t>(k0) * kColumns;
+    const float* cols[4] = {wk, wk + kUnits, wk + 2 * kUnits, wk + 3 * kUnits};
     for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
       mr = tile_height(rows - r0);
-      v16 acc[kRows][4];
+      vec acc[kRows][4];
       for (int r = 0; r < mr; ++r)
-        for (int q = 0; q < 4; ++q) acc[r][q] = load(k0 == 0 ? bias + q * kUnits : z + (r0 + r) * 64 + q * kUnits);
-      tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, 64, acc);
+        for (int q = 0; q < 4; ++q) acc[r][q] = load(k0 == 0 ? bias + q * kUnits : z + (r0 + r) * kColumns + q * kUnits);
+      tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, kColumns, acc);
       for (int r = 0; r < mr; ++r)
-        for (int q = 0; q < 4; ++q) store(z + (r0 + r) * 64 + q * kUnits, acc[r][q]);
+        for (int q = 0; q < 4; ++q) store(z + (r0 + r) * kColumns + q * kUnits, acc[r][q]);
     }
   }
   if (I == 0)
     for (int r = 0; r < rows; ++r)
-      for (int q = 0; q < 4; ++q) store(z + r * 64 + q * kUnits, load(bias + q * kUnits));
+      for (int q = 0; q < 4; ++q) store(z + r * kColumns + q * kUnits, load(bias + q * kUnits));
 }
 
 // The forward pass of one direction, on thread p of a group of P.
@@ -456,21 +470,21 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
                        float* ys, long ys_stride, float* h_last, float* c_last, float* cs, float* acts, Scratch* state) {
   const int T = s.T, B = s.B, I = s.I, H = s.H, K = I + H, Hp = s.padded();
   const int u0 = s.blocks() * p / P, u1 = s.blocks() * (p + 1) / P;
-  // This thread's panels: block u holds rows k of [W_ih; W_hh] at columns q*H + unit, as [K][4 gates x 16 units].
+  // This thread's panels: block u holds rows k of [W_ih; W_hh] at columns q*H + unit, as [K][4 gates x kUnits units].
   // Packed row by row: the weights are read in their own (row-major) order.
   // Zeroed only where a partial last block leaves padding columns that packing does not write.
-  Scratch panels(static_cast<size_t>(u1 - u0) * K * 64, H % kUnits != 0), panel_bias((u1 - u0) * 64);
+  Scratch panels(static_cast<size_t>(u1 - u0) * K * kColumns, H % kUnits != 0), panel_bias((u1 - u0) * kColumns);
   for (int k = 0; k < K; ++k) {
     const float* w_row = k < I ? w_ih + static_cast<size_t>(k) * 4 * H : w_hh + static_cast<size_t>(k - I) * 4 * H;
     for (int u = u0; u < u1; ++u)
       for (int q = 0; q < 4; ++q)
-        store_n(&panels[(static_cast<size_t>(u - u0) * K + k) * 64 + q * kUnits],
+        store_n(&panels[(static_cast<size_t>(u - u0) * K + k) * kColumns + q * kUnits],
                 load_n(w_row + q * H + u * kUnits, s.units(u)), s.units(u));
   }
   for (int u = u0; u < u1; ++u)
     for (int q = 0; q < 4; ++q)
       for (int j = 0, at = q * H + u * kUnits; j < s.units(u); ++j)
-        panel_bias[(u - u0) * 64 + q * kUnits + j] = b_ih[at + j] + b_hh[at + j];
+        panel_bias[(u - u0) * kColumns + q * kUnits + j] = b_ih[at + j] + b_hh[at + j];
   // state = [h buffer 0, h buffer 1, c], each B x Hp, shared by the group; a thread touches its own units only,
   // except that every thread reads all of the current h.
   float* h_buffers[2] = {state[0].data(), state[1].data()};
@@ -488,12 +502,12 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
   // thread's whole panel outgrows its core's L2, as for a bidirectional layer's one thread per direction).
   // Blocks of one step where the whole panel stays in L2: there, computing the next step's input part in every
   // barrier gap hides the threads' skew better (I = H = 256 with two threads: 1-4 % faster than blocks of 4).
-  const size_t panel_bytes = static_cast<size_t>(u1 - u0) * K * 64 * sizeof(float);
+  const size_t panel_bytes = static_cast<size_t>(u1 - u0) * K * kColumns * sizeof(float);
   const int steps = s.input_steps > 0                 ? s.input_steps
                     : panel_bytes <= l2_bytes() / 2 ? 1
                                                     : std::max(1, std::min(8, 128 / std::max(1, B)));
-  Scratch z_input(static_cast<size_t>(u1 - u0) * steps * B * 64, false);
-  Scratch partial(static_cast<size_t>(B + kRows) * 64, false);  // z of one block between K chunks
+  Scratch z_input(static_cast<size_t>(u1 - u0) * steps * B * kColumns, false);
+  Scratch partial(static_cast<size_t>(B + kRows) * kColumns, false);  // z of one block between K chunks
   // The first time index of the block of steps starting at `step`, in memory order, and its number of steps.
   auto block_of = [&](int step, int& t_low, int& count) {
     const int first = step - step % steps;
@@ -506,15 +520,15 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
     const float* x = xs + static_cast<size_t>(t_low) * B * I;
     const int rows = count * B;
     for (int u = u0; u < u1; ++u)
-      input_part(x, rows, I, &panels[static_cast<size_t>(u - u0) * K * 64], &panel_bias[(u - u0) * 64],
-                 &z_input[static_cast<size_t>(u - u0) * steps * B * 64]);
+      input_part(x, rows, I, &panels[static_cast<size_t>(u - u0) * K * kColumns], &panel_bias[(u - u0) * kColumns],
+                 &z_input[static_cast<size_t>(u - u0) * steps * B * kColumns]);
   };
   // The saved activations (c and the gates, for the backward call) go around the caches where this thread's W_hh
   // panel fills half its L2 or more (I = H = 384 and 512 on two threads) and they are more than four L2s: passing
   // through, they evicted panel rows the next step needs again (training 0.97-0.99x the time at I = H = 384 and
   // 512). Otherwise they stay cached for the backward, which starts with them: streamed at I = H = 256, a one-layer
   // step at T = 16 and a two-layer step at T = 64 took 1.01-1.03x as long.
-  const size_t recurrent_panel_bytes = static_cast<size_t>(u1 - u0) * H * 64 * sizeof(float);
+  const size_t recurrent_panel_bytes = static_cast<size_t>(u1 - u0) * H * kColumns * sizeof(float);
   const bool stream_saved = cs != nullptr && sizeof(float) * 5 * T * B * H > 4 * l2_bytes() &&
                             recurrent_panel_bytes >= l2_bytes() / 2;
   const int h_chunks = (H + kChunk - 1) / kChunk, first_chunk = std::min(h_chunks - 1, u0 * kUnits / kChunk);
@@ -528,8 +542,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
     int t_low, count;
     block_of(step, t_low, count);
     for (int u = u0; u < u1; ++u) {
-      const float* panel = &panels[static_cast<size_t>(u - u0) * K * 64];
-      const float* z = &z_input[(static_cast<size_t>(u - u0) * steps + (t - t_low)) * B * 64];
+      const float* panel = &panels[static_cast<size_t>(u - u0) * K * kColumns];
+      const float* z = &z_input[(static_cast<size_t>(u - u0) * steps + (t - t_low)) * B * kColumns];
       const int n = s.units(u);
       // The h_{t-1} part of [x_t, h_{t-1}], chunk by chunk, starting with the chunk of this thread's own units:
       // they are in this core's cache, while the other threads' units of h_{t-1} stream in from theirs.
@@ -537,18 +551,18 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
         const int k0 = I + ((first_chunk + chunk) % h_chunks) * kChunk;
         const int k1 = std::min(K, k0 + kChunk);
         const bool first = chunk == 0, last = chunk == h_chunks - 1;
-        const float* wk = panel + static_cast<size_t>(k0) * 64;
-        const float* cols[4] = {wk, wk + 16, wk + 32, wk + 48};
+        const float* wk = panel + static_cast<size_t>(k0) * kColumns;
+        const float* cols[4] = {wk, wk + kUnits, wk + 2 * kUnits, wk + 3 * kUnits};
         for (int r0 = 0, mr = 0; r0 < B; r0 += mr) {
           mr = tile_height(B - r0);
-          v16 acc[kRows][4];
+          vec acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(first ? &z[(r0 + r) * 64 + q * kUnits] : &partial[(r0 + r) * 64 + q * kUnits]);
-          tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (k0 - I), Hp, k1 - k0, cols, 64, acc);
+              acc[r][q] = load(first ? &z[(r0 + r) * kColumns + q * kUnits] : &partial[(r0 + r) * kColumns + q * kUnits]);
+          tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (k0 - I), Hp, k1 - k0, cols, kColumns, acc);
           if (!last) {
             for (int r = 0; r < mr; ++r)
-              for (int q = 0; q < 4; ++q) store(&partial[(r0 + r) * 64 + q * kUnits], acc[r][q]);
+              for (int q = 0; q < 4; ++q) store(&partial[(r0 + r) * kColumns + q * kUnits], acc[r][q]);
             continue;
           }
           for (int r = 0; r < mr; ++r) {  // the cell update, on the registers
@@ -562,9 +576,9 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
               if (cs != nullptr) store_n(cs + out, load(c_row), n);
               continue;
             }
-            const v16 i = vsigmoid(acc[r][0]), f = vsigmoid(acc[r][1]), g = vtanh(acc[r][2]), o = vsigmoid(acc[r][3]);
-            const v16 c = f * load(c_row) + i * g;
-            const v16 h_new = o * vtanh(c);
+            const vec i = vsigmoid(acc[r][0]), f = vsigmoid(acc[r][1]), g = vtanh(acc[r][2]), o = vsigmoid(acc[r][3]);
+            const vec c = f * load(c_row) + i * g;
+            const vec h_new = o * vtanh(c);
             store(c_row, c);
             store(h_next + row * Hp + u * kUnits, h_new);
             store_n(y, h_new, n);
@@ -599,18 +613,18 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
     }
 }
 
-// dW[k0 + r][64 columns of a block] += sum over rows b of a[b][k0 + r] * dz[b][64]: the weight-gradient update of
+// dW[k0 + r][kColumns of a block] += sum over rows b of a[b][k0 + r] * dz[b][kColumns]: the weight-gradient update of
 // a few steps (a contraction over their batch rows), accumulated in panels. dz is the block's compact copy,
-// [rows][64]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in L1's sets.
+// [rows][kColumns]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in L1's sets.
 // The first update of a call starts from zero (`first`), so that the panels need no zeroing.
 template <int KR>
 inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw, bool first) {
-  v16 acc[KR][4];
+  vec acc[KR][4];
   for (int r = 0; r < KR; ++r)
-    for (int q = 0; q < 4; ++q) acc[r][q] = first ? splat(0.f) : load(dw + r * 64 + q * kUnits);
+    for (int q = 0; q < 4; ++q) acc[r][q] = first ? splat(0.f) : load(dw + r * kColumns + q * kUnits);
   for (int b = 0; b < rows; ++b) {
-    const float* z = dz + b * 64;
-    const v16 z0 = load(z), z1 = load(z + 16), z2 = load(z + 32), z3 = load(z + 48);
+    const float* z = dz + b * kColumns;
+    const vec z0 = load(z), z1 = load(z + kUnits), z2 = load(z + 2 * kUnits), z3 = load(z + 3 * kUnits);
     for (int r = 0; r < KR; ++r) {
       const float x = a[b][k0 + r];
       acc[r][0] += x * z0;
@@ -620,14 +634,14 @@ inline void outer_tile(const float* const* a, int k0, int rows, const float* dz,
     }
   }
   for (int r = 0; r < KR; ++r)
-    for (int q = 0; q < 4; ++q) store(dw + r * 64 + q * kUnits, acc[r][q]);
+    for (int q = 0; q < 4; ++q) store(dw + r * kColumns + q * kUnits, acc[r][q]);
 }
 
-// dw (n rows x 64) += a^T dz over the batch, a given as one pointer per row b to its n values.
+// dw (n rows x kColumns) += a^T dz over the batch, a given as one pointer per row b to its n values.
 inline void accumulate_outer(const float* const* a, int n, int rows, const float* dz, float* dw, bool first) {
   int k = 0;
-  for (; k + 4 <= n; k += 4) outer_tile<4>(a, k, rows, dz, dw + k * 64, first);
-  for (; k < n; ++k) outer_tile<1>(a, k, rows, dz, dw + k * 64, first);
+  for (; k + kOuterRows <= n; k += kOuterRows) outer_tile<kOuterRows>(a, k, rows, dz, dw + k * kColumns, first);
+  for (; k < n; ++k) outer_tile<1>(a, k, rows, dz, dw + k * kColumns, first);
 }
 
 // The backward pass of one direction (the reverse of its forward order), on thread p of a group of P. Per step:
@@ -646,8 +660,8 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   const int input_blocks = d_xs == nullptr ? 0 : (I + kUnits - 1) / kUnits;
   const int i0 = input_blocks * p / P, i1 = input_blocks * (p + 1) / P;  // this thread's share of dx
   const int own = u1 - u0, inputs = i1 - i0;
-  // Panels of [W_hh; W_ih]^T: an output block (16 units of h, or 16 inputs of x) holds, for every gate column n,
-  // its 16 weights, [4H][16]; this thread's dh blocks first, then its dx blocks.
+  // Panels of [W_hh; W_ih]^T: an output block (kUnits units of h, or kUnits inputs of x) holds, for every gate
+  // column n, its kUnits weights, [4H][kUnits]; this thread's dh blocks first, then its dx blocks.
   Scratch panels(static_cast<size_t>(own + inputs) * G * kUnits, H % kUnits != 0 || I % kUnits != 0);
   auto pack = [&](int slot, const float* w, int first, int count) {
     for (int n = 0; n < G; ++n)  // writes in order; the reads are count sequential streams
@@ -656,12 +670,12 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   };
   for (int u = u0; u < u1; ++u) pack(u - u0, w_hh, u * kUnits, s.units(u));
   for (int i = i0; i < i1; ++i) pack(own + i - i0, w_ih, i * kUnits, std::min(kUnits, I - i * kUnits));
-  // This thread's columns of dW_ih, dW_hh and db, as [rows][64] per unit block.
+  // This thread's columns of dW_ih, dW_hh and db, as [rows][kColumns] per unit block.
   const int gradient_rows = weight_grads ? own : 0;
   // Not zeroed: the first update writes them (outer_tile); zeroed only where there is none (T = 0).
-  Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * 64, T == 0);
-  Scratch dw_hh(static_cast<size_t>(gradient_rows) * H * 64, T == 0);
-  Scratch db(gradient_rows * 64);
+  Scratch dw_ih(static_cast<size_t>(gradient_rows) * I * kColumns, T == 0);
+  Scratch dw_hh(static_cast<size_t>(gradient_rows) * H * kColumns, T == 0);
+  Scratch db(gradient_rows * kColumns);
   // Where the thread's dW panels outgrow half its core's L2 (4 MB at I = H = 512 on two threads, 2-3 MB for one
   // direction of a bidirectional layer), the weight-gradient update runs once per kGradientSteps steps, over all
   // their rows: updated every step, the panels streamed in and out of L3 every step, and the update took 1.1-1.3x
@@ -671,10 +685,10 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // training 0.97-0.99x the time) or the dW panels outgrow the caches; a one-layer step at I = H = 256, with
   // neither, took 0.99-1.04x as long in blocks of 4 (same-process A/Bs), and stays per step.
   // Decided for the group's largest share, so that all its threads agree (they share the dz buffers).
-  const size_t gradient_panel_bytes = static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * 64 * sizeof(float);
+  const size_t gradient_panel_bytes = static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * kColumns * sizeof(float);
   const bool blocked = input_blocks > 0 || (weight_grads && gradient_panel_bytes > l2_bytes() / 2);
   const int S = s.gradient_steps > 0 ? s.gradient_steps : blocked ? kGradientSteps : 1;
-  Scratch dz_own(static_cast<size_t>(own) * S * B * 64, false);  // dz of this thread's blocks, S steps
+  Scratch dz_own(static_cast<size_t>(own) * S * B * kColumns, false);  // dz of this thread's blocks, S steps
   // state = [dh, dc (B x Hp each), a ring of dz buffers (B x 4H each, one after the other)], shared by the group.
   float* dh = state[0].data();
   float* dc = state[1].data();
@@ -707,7 +721,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       for (int v = 0; v < nv; ++v) cols[v] = &panels[static_cast<size_t>(first + v) * G * kUnits];
       for (int r0 = 0, mr = 0; r0 < rows; r0 += mr) {
         mr = tile_height(rows - r0);
-        v16 acc[kRows][4];
+        vec acc[kRows][4];
         for (int r = 0; r < mr; ++r)
           for (int v = 0; v < nv; ++v) acc[r][v] = splat(0.f);
         tile_any(mr, nv, z + static_cast<size_t>(r0) * G, G, G, cols, kUnits, acc);
@@ -746,7 +760,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       for (int u = u0; u < u1; ++u) {
         const int n = s.units(u), unit = u * kUnits;
         float* z = z_t + row * G + unit;
-        float* z_own = &dz_own[(static_cast<size_t>(u - u0) * S * B + slot) * 64];
+        float* z_own = &dz_own[(static_cast<size_t>(u - u0) * S * B + slot) * kColumns];
         if (!valid) {  // dh and dc pass through; nothing reaches the weights
           for (int q = 0; q < 4; ++q) {
             store_n(z + q * H, splat(0.f), n);
@@ -755,13 +769,13 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
           continue;
         }
         const float* a = acts + at * G + unit;
-        const v16 i = load_n(a, n), f = load_n(a + H, n), g = load_n(a + 2 * H, n), o = load_n(a + 3 * H, n);
-        const v16 c = load_n(cs + at * H + unit, n);
-        const v16 c_before = load_n(first_step ? c0 + row * H + unit : cs + (static_cast<size_t>(t_before) * B + row) * H + unit, n);
-        const v16 tanh_c = vtanh(c);
-        const v16 dh_total = load(dh + row * Hp + unit) + load_n(d_ys + at * ys_stride + unit, n);
-        const v16 dc_total = load(dc + row * Hp + unit) + dh_total * o * (1.f - tanh_c * tanh_c);
-        const v16 dz_gates[4] = {dc_total * g * i * (1.f - i), dc_total * c_before * f * (1.f - f),
+        const vec i = load_n(a, n), f = load_n(a + H, n), g = load_n(a + 2 * H, n), o = load_n(a + 3 * H, n);
+        const vec c = load_n(cs + at * H + unit, n);
+        const vec c_before = load_n(first_step ? c0 + row * H + unit : cs + (static_cast<size_t>(t_before) * B + row) * H + unit, n);
+        const vec tanh_c = vtanh(c);
+        const vec dh_total = load(dh + row * Hp + unit) + load_n(d_ys + at * ys_stride + unit, n);
+        const vec dc_total = load(dc + row * Hp + unit) + dh_total * o * (1.f - tanh_c * tanh_c);
+        const vec dz_gates[4] = {dc_total * g * i * (1.f - i), dc_total * c_before * f * (1.f - f),
                                  dc_total * i * (1.f - g * g), dh_total * tanh_c * o * (1.f - o)};
         for (int q = 0; q < 4; ++q) {
           store_n(z + q * H, dz_gates[q], n);
@@ -778,14 +792,14 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
     const bool block_done = step % S == S - 1 || step == T - 1;
     const int block_rows = (step % S + 1) * B;
     for (int u = u0; weight_grads && block_done && u < u1; ++u) {
-      const float* z = &dz_own[static_cast<size_t>(u - u0) * S * B * 64];
+      const float* z = &dz_own[static_cast<size_t>(u - u0) * S * B * kColumns];
       const bool first = step < S;
-      accumulate_outer(x_rows.data(), I, block_rows, z, &dw_ih[static_cast<size_t>(u - u0) * I * 64], first);
-      accumulate_outer(h_rows.data(), H, block_rows, z, &dw_hh[static_cast<size_t>(u - u0) * H * 64], first);
+      accumulate_outer(x_rows.data(), I, block_rows, z, &dw_ih[static_cast<size_t>(u - u0) * I * kColumns], first);
+      accumulate_outer(h_rows.data(), H, block_rows, z, &dw_hh[static_cast<size_t>(u - u0) * H * kColumns], first);
       for (int row = 0; row < block_rows; ++row)
         for (int q = 0; q < 4; ++q) {
-          float* sum = &db[(u - u0) * 64 + q * kUnits];
-          store(sum, load(sum) + load(z + row * 64 + q * kUnits));
+          float* sum = &db[(u - u0) * kColumns + q * kUnits];
+          store(sum, load(sum) + load(z + row * kColumns + q * kUnits));
         }
     }
     if (step > 0 && step % S == 0) project(dz_buffer(step - S), step - S, S, own, own + inputs, false);
@@ -803,11 +817,11 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       std::memcpy(dh0 + row * H + u * kUnits, dh + offset, sizeof(float) * n);
       std::memcpy(dc0 + row * H + u * kUnits, dc + offset, sizeof(float) * n);
     }
-  // This thread's columns of the weight gradients, to (rows, 4H), row by row: one row's 16 columns of a gate are
+  // This thread's columns of the weight gradients, to (rows, 4H), row by row: one row's kUnits columns of a gate are
   // one vector store, and rows lie 4H floats apart, so walking down a column block instead sent every store of a
   // block to the same L1 set (memcpy of those pieces was an eighth of a T = 16 training step in perf).
   // The lines of the row two ahead are requested for writing (prefetchw) before each row is stored: every row of
-  // the output starts a new 4 KiB page here (4H floats), in runs of 16 floats per thread and gate too short for the
+  // the output starts a new 4 KiB page here (4H floats), in runs of kUnits floats per thread and gate too short for the
   // hardware prefetchers, so the stores waited for each line in turn. Per-phase timers, two layers at T = 16: the
   // unpacking took 245-254 against 287-330 us per thread and step (4 or 8 rows ahead, or prefetching for reading
   // into L2 or L1, gained less or nothing). That is ~60 us of a two-layer step of ~11 ms: whole training
@@ -823,7 +837,7 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
       for (int u = u0; u < u1; ++u)
         for (int q = 0; q < 4; ++q)
           store_n(out + static_cast<size_t>(k) * G + q * H + u * kUnits,
-                  load(panel + (static_cast<size_t>(u - u0) * rows + k) * 64 + q * kUnits), s.units(u));
+                  load(panel + (static_cast<size_t>(u - u0) * rows + k) * kColumns + q * kUnits), s.units(u));
     }
   };
   if (weight_grads) {
