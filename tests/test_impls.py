@@ -35,9 +35,8 @@ def _loss_and_grads(fn, params, xs, state, lengths, batch_first, coefficients):
     return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
 
 
-@pytest.mark.parametrize("impl", FAST_PATHS)
-@pytest.mark.parametrize("config", CONFIGS, ids=["plain", "bi_packed_state", "packed_batch_first"])
-def test_path_matches_naive_reference(impl, config, tol):
+def _config_inputs(config):
+    """params, xs, state, lengths and the loss's coefficients for a configuration: the same for every path."""
     rng = np.random.default_rng(0)
     L, bidirectional = config["num_layers"], config["bidirectional"]
     D = 2 if bidirectional else 1
@@ -46,6 +45,23 @@ def test_path_matches_naive_reference(impl, config, tol):
     state = random_initial_state(rng, params, B) if config["state"] else None
     lengths = None if config["lengths"] is None else jnp.array(config["lengths"])
     coefficients = random_normal(rng, (B, T, D * H) if config["batch_first"] else (T, B, D * H))
+    return params, xs, state, lengths, coefficients
+
+
+@functools.cache
+def _naive_reference(config_index):
+    """The naive reference's loss, outputs and gradients on CONFIGS[config_index], computed once for all paths
+    (op by op, it was about half of each path's test)."""
+    config = CONFIGS[config_index]
+    params, xs, state, lengths, coefficients = _config_inputs(config)
+    return _loss_and_grads(reference_lstm, params, xs, state, lengths, config["batch_first"], coefficients)
+
+
+@pytest.mark.parametrize("impl", FAST_PATHS)
+@pytest.mark.parametrize("config_index", range(len(CONFIGS)), ids=["plain", "bi_packed_state", "packed_batch_first"])
+def test_path_matches_naive_reference(impl, config_index, tol):
+    config = CONFIGS[config_index]
+    params, xs, state, lengths, coefficients = _config_inputs(config)
 
     def library(params, xs, state, **kwargs):
         return lstm_jax.lstm(params, xs, state, impl=impl, **kwargs)
@@ -53,9 +69,7 @@ def test_path_matches_naive_reference(impl, config, tol):
     (_, got), got_grads = jax.jit(
         lambda p, x, s: _loss_and_grads(library, p, x, s, lengths, config["batch_first"], coefficients)
     )(params, xs, state)
-    (_, want), want_grads = _loss_and_grads(
-        reference_lstm, params, xs, state, lengths, config["batch_first"], coefficients
-    )
+    (_, want), want_grads = _naive_reference(config_index)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, **tol["float32"])
     got_leaves, want_leaves = jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)
