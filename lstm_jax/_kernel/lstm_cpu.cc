@@ -7,8 +7,8 @@
 // * Forward: each thread owns blocks of kUnits hidden units (16 with AVX-512, else 8: one vector register). Its
 //   slice of [W_ih; W_hh] is packed once per call into a panel per block, (I+H) rows x 4 kUnits columns = the i, f,
 //   g, o columns of those units, so a register tile of z = [x_t, h_{t-1}] @ [W_ih; W_hh] + b (kRows rows x 4
-//   vectors) holds whole gates, and the cell update runs on the registers before anything is stored. Threads read all of h_{t-1} and write their units of h_t (double-buffered),
-//   so one barrier per step suffices.
+//   vectors) holds whole gates, and the cell update runs on the registers before anything is stored. Threads read
+//   all of h_{t-1} and write their units of h_t (double-buffered), so one barrier per step suffices.
 // * Backward: phase 1, per thread and unit block, turns (dh, dc) and the stored gate activations into dz_t and the
 //   next dc; a barrier; phase 2 computes the thread's units of dh_{t-1} = dz_t @ W_hh^T from all of dz_t. Phase 1 of
 //   the next step only reads the thread's own units, so again one barrier per step. The weight gradients of the
@@ -131,7 +131,7 @@ inline vec vtanh(vec x) {
 }
 inline vec vsigmoid(vec x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
 
-// acc[r][v] += sum_k a[r * lda + k] * w[v][k * ldw + 0..15] for k < n: the register tile every matmul here uses.
+// acc[r][v] += sum_k a[r * lda + k] * w[v][k * ldw + 0..kUnits-1] for k < n: the register tile every matmul here uses.
 template <int MR, int NV>
 inline void tile(const float* a, long lda, int n, const float* const* w, long ldw, vec (&acc)[kRows][4]) {
   vec c[MR][NV];
@@ -149,9 +149,9 @@ inline void tile(const float* a, long lda, int n, const float* const* w, long ld
     for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
 }
 
-// Rows of the next register tile when `left` rows remain: full tiles, except that 7-11 remaining rows are split
-// into two tiles of about half (B = 32: 6, 6, 6, 6, 4, 4 rather than ..., 6, 2, whose 8 accumulators per 6 loads
-// leave the FMA units waiting).
+// Rows of the next register tile when `left` rows remain: full tiles, except that kRows + 1 to 2 kRows - 1
+// remaining rows are split into two tiles of about half (6-row tiles, B = 32: 6, 6, 6, 6, 4, 4 rather than ..., 6,
+// 2, whose 8 accumulators per 6 loads leave the FMA units waiting).
 inline int tile_height(int left) { return left <= kRows ? left : left < 2 * kRows ? (left + 1) / 2 : kRows; }
 
 // tile<mr, NV> for a run-time mr of 1 to kRows.
@@ -441,8 +441,8 @@ ffi::Future run_threads(int directions, int threads, int blocks, ffi::ThreadPool
 }
 
 // z = bias + x W_ih for one unit block: x is (rows, I), the block's panel [I][kColumns] (the first I rows of its
-// [W_ih; W_hh] panel), z [rows][kColumns]. 128 panel rows at a time, so that they stay in L1 while every row tile passes
-// over them, the partial sums kept in z between chunks. (benchmarks/kernel_tiles.cc times this loop alone.)
+// [W_ih; W_hh] panel), z [rows][kColumns]. 128 panel rows at a time, so that they stay in L1 while every row tile
+// passes over them, the partial sums kept in z between chunks. (benchmarks/kernel_tiles.cc times this loop alone.)
 inline void input_part(const float* x, int rows, int I, const float* panel, const float* bias, float* z) {
   for (int k0 = 0; k0 < I; k0 += kChunk) {
     const int k1 = std::min(I, k0 + kChunk);
@@ -452,7 +452,8 @@ inline void input_part(const float* x, int rows, int I, const float* panel, cons
       mr = tile_height(rows - r0);
       vec acc[kRows][4];
       for (int r = 0; r < mr; ++r)
-        for (int q = 0; q < 4; ++q) acc[r][q] = load(k0 == 0 ? bias + q * kUnits : z + (r0 + r) * kColumns + q * kUnits);
+        for (int q = 0; q < 4; ++q)
+          acc[r][q] = load(k0 == 0 ? bias + q * kUnits : z + (r0 + r) * kColumns + q * kUnits);
       tile_rows<4>(mr, x + static_cast<size_t>(r0) * I + k0, I, k1 - k0, cols, kColumns, acc);
       for (int r = 0; r < mr; ++r)
         for (int q = 0; q < 4; ++q) store(z + (r0 + r) * kColumns + q * kUnits, acc[r][q]);
@@ -558,7 +559,8 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
           vec acc[kRows][4];
           for (int r = 0; r < mr; ++r)
             for (int q = 0; q < 4; ++q)
-              acc[r][q] = load(first ? &z[(r0 + r) * kColumns + q * kUnits] : &partial[(r0 + r) * kColumns + q * kUnits]);
+              acc[r][q] = load(first ? &z[(r0 + r) * kColumns + q * kUnits]
+                                     : &partial[(r0 + r) * kColumns + q * kUnits]);
           tile_rows<4>(mr, h + static_cast<size_t>(r0) * Hp + (k0 - I), Hp, k1 - k0, cols, kColumns, acc);
           if (!last) {
             for (int r = 0; r < mr; ++r)
@@ -613,9 +615,10 @@ void forward_direction(const Shape& s, int p, int P, Barrier& barrier, bool reve
     }
 }
 
-// dW[k0 + r][kColumns of a block] += sum over rows b of a[b][k0 + r] * dz[b][kColumns]: the weight-gradient update of
-// a few steps (a contraction over their batch rows), accumulated in panels. dz is the block's compact copy,
-// [rows][kColumns]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in L1's sets.
+// dW[k0 + r][kColumns of a block] += sum over rows b of a[b][k0 + r] * dz[b][kColumns]: the weight-gradient update
+// of a few steps (a contraction over their batch rows), accumulated in panels. dz is the block's compact copy,
+// [rows][kColumns]: read straight from the steps' (B, 4H) buffers, their rows 4 KiB apart, the loads collide in
+// L1's sets.
 // The first update of a call starts from zero (`first`), so that the panels need no zeroing.
 template <int KR>
 inline void outer_tile(const float* const* a, int k0, int rows, const float* dz, float* dw, bool first) {
@@ -685,7 +688,8 @@ void backward_direction(const Shape& s, int p, int P, Barrier& barrier, bool rev
   // training 0.97-0.99x the time) or the dW panels outgrow the caches; a one-layer step at I = H = 256, with
   // neither, took 0.99-1.04x as long in blocks of 4 (same-process A/Bs), and stays per step.
   // Decided for the group's largest share, so that all its threads agree (they share the dz buffers).
-  const size_t gradient_panel_bytes = static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * kColumns * sizeof(float);
+  const size_t gradient_panel_bytes =
+      static_cast<size_t>((s.blocks() + P - 1) / P) * (I + H) * kColumns * sizeof(float);
   const bool blocked = input_blocks > 0 || (weight_grads && gradient_panel_bytes > l2_bytes() / 2);
   const int S = s.gradient_steps > 0 ? s.gradient_steps : blocked ? kGradientSteps : 1;
   Scratch dz_own(static_cast<size_t>(own) * S * B * kColumns, false);  // dz of this thread's blocks, S steps
