@@ -1,7 +1,20 @@
-"""Test configuration: strict JAX numerics and the one table of tolerances every test uses."""
+"""Test configuration: XLA's quick compile mode, strict JAX numerics, and the table of tolerances every test uses."""
 
-import jax
+import os
+
+# Most of the suite's time on 2 cores is XLA compiling programs that then run for microseconds, so the tests
+# compile with LLVM's optimisation off (jax's `jax_disable_most_optimizations`: backend optimisation level 0, no
+# expensive LLVM passes). It changes how the machine code is generated, not the program: XLA's HLO passes, and so
+# the fusions, buffers and custom calls that the HLO tests read, are the same, and the arithmetic is IEEE float
+# either way (XLA:CPU does not enable fast-math). Set in the environment, before jax is imported, so that every
+# subprocess a test starts (the CLI, training runs) inherits it; the benchmark never runs with it.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # after the environment above, which jax reads when it is imported
 import pytest
+
+# jax may already have been imported (by a doctest's module) before this file: set the option directly too.
+jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", ""))
 
 # Implicit rank promotion hides shape bugs (a (4H,) bias silently broadcast against the wrong axis); the library
 # must be correct with it forbidden.

@@ -12,7 +12,10 @@ Nothing here shares the library's tricks, so that a bug in one is not silently r
 Lengths are clipped to [0, T], which is what the library documents for traced out-of-range lengths (see
 ``lstm_jax._driver``), so the reference also specifies that behaviour. Dropout is not modelled.
 
-Everything is eager ``jax.numpy``, so ``jax.grad`` differentiates through it; it is slow, so keep sizes tiny.
+Everything is ``jax.numpy`` run eagerly, so ``jax.grad`` differentiates through it, except that each cell step is
+one jitted function: eager differentiation costs ~0.5 ms per primitive (the value and gradient of a bidirectional
+two-layer stack, T = 17, B = 3, once compiled: 5.5 s with eager steps, 0.6 s with jitted ones). The step's maths is
+the same either way. It is still slow, so keep sizes tiny.
 
 :data:`MODELS` names each model family with its initialiser, library function and reference, for the tests to
 parametrize over.
@@ -38,6 +41,7 @@ def _blocks(kernel_or_bias, num_gates):
     return [kernel_or_bias[..., k * hidden : (k + 1) * hidden] for k in range(num_gates)]
 
 
+@jax.jit
 def _lstm_step(weights, state, x):
     if getattr(weights, "peephole", None) is not None or getattr(weights, "layer_norm", None) is not None:
         raise NotImplementedError("the reference models the plain and projected LSTM only, not its variants")
@@ -57,6 +61,7 @@ def _lstm_step(weights, state, x):
     return (h, c), h
 
 
+@jax.jit
 def _gru_step(weights, h, x):
     W_ir, W_iz, W_in = _blocks(weights.w_ih, 3)
     W_hr, W_hz, W_hn = _blocks(weights.w_hh, 3)
@@ -69,6 +74,7 @@ def _gru_step(weights, h, x):
     return h, h
 
 
+@jax.jit
 def _rnn_step(weights, h, x):
     act = {"tanh": jnp.tanh, "relu": jax.nn.relu}[weights.nonlinearity]
     h = act(x @ weights.w_ih + weights.b_ih + h @ weights.w_hh + weights.b_hh)

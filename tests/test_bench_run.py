@@ -264,15 +264,43 @@ def test_settle_calls_for_at_least_the_given_time():
 
 
 def test_tuning_environment_is_recorded(monkeypatch):
-    """Allocator and thread settings change the timings, so a run records the ones that are set, and only those."""
+    """Allocator, thread and jax settings change the timings, so a run records the ones that are set, and only
+    those."""
     from lstm_jax.bench._env import TUNING_PREFIXES, environment
 
     for name in [n for n in os.environ if n.startswith(TUNING_PREFIXES)]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
     monkeypatch.setenv("LSTM_JAX_KERNEL_INPUT_STEPS", "4")
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     monkeypatch.setenv("UNRELATED_SETTING", "x")
-    assert environment()["tuning_env"] == {"LSTM_JAX_KERNEL_INPUT_STEPS": "4", "MALLOC_ARENA_MAX": "1"}
+    assert environment()["tuning_env"] == {
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "LSTM_JAX_KERNEL_INPUT_STEPS": "4",
+        "MALLOC_ARENA_MAX": "1",
+    }
+
+
+def test_a_busy_machine_and_unoptimised_xla_are_called_out():
+    """The run says when its timings are not representative: a loaded machine, or XLA without its optimisations (the
+    test suite's own setting, so on here; a plain run of the benchmark has it off)."""
+    import jax
+
+    from lstm_jax.bench._suite import cautions
+
+    busy, idle, unknown = (
+        {"load_average": {"start": load}, "cpu_count": 2} for load in ([1.9, 1, 1], [1.0, 1, 1], None)
+    )
+    optimisations_off = jax.config.values["jax_disable_most_optimizations"]
+    assert optimisations_off  # tests/conftest.py
+    assert [("busy" in c, "optimisations off" in c) for c in cautions(busy)] == [(True, False), (False, True)]
+    assert [("busy" in c, "optimisations off" in c) for c in cautions(idle)] == [(False, True)]
+    try:
+        jax.config.update("jax_disable_most_optimizations", False)
+        assert len(cautions(busy)) == 1 and "busy" in cautions(busy)[0]
+        assert cautions(idle) == cautions(unknown) == []
+    finally:
+        jax.config.update("jax_disable_most_optimizations", optimisations_off)
 
 
 def test_torch_on_the_cpu_is_not_compared_with_jax_on_a_gpu(monkeypatch):

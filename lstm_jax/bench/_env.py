@@ -53,9 +53,10 @@ def load_average() -> list[float] | None:
         return None
 
 
-TUNING_PREFIXES = ("MALLOC_", "LSTM_JAX_", "OMP_", "MKL_")
-"""Environment variables that change the timings (glibc's allocator, the kernel's knobs, torch's threads): a run
-records those that are set, so that two runs' numbers are comparable only when these match."""
+TUNING_PREFIXES = ("MALLOC_", "LSTM_JAX_", "OMP_", "MKL_", "JAX_")
+"""Environment variables that change the timings (glibc's allocator, the kernel's knobs, torch's threads, jax's
+options such as ``JAX_DISABLE_MOST_OPTIMIZATIONS``, which the test suite sets): a run records those that are set,
+so that two runs' numbers are comparable only when these match."""
 
 
 def tuning_variables() -> dict[str, str]:

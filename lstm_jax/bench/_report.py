@@ -12,8 +12,8 @@ The JSON holds every number; :data:`SCHEMA` lists its fields and :func:`validate
 * ``environment``: ``platform`` (jax's default backend), ``device_kind``, ``device_count``, ``cpu_model``,
   ``cpu_count``, ``python``, ``jax``, ``jaxlib``, ``flax``, ``torch`` (None when absent), ``torch_threads``,
   ``numpy``, ``lstm_jax``, ``matmul_precision`` (``jax_default_matmul_precision``), ``xla_flags``,
-  ``tuning_env`` (the set ``MALLOC_*``, ``LSTM_JAX_*``, ``OMP_*`` and ``MKL_*`` variables; {} in runs from before
-  it was recorded), ``os``,
+  ``tuning_env`` (the set ``MALLOC_*``, ``LSTM_JAX_*``, ``OMP_*``, ``MKL_*`` and ``JAX_*`` variables; {} in runs from
+  before it was recorded), ``os``,
   ``load_average`` (``start`` and ``end``: the OS's 1, 5 and 15-minute load averages, None where unknown; a
   load near or above ``cpu_count`` means other work shared the machine and the absolute times are inflated).
 * ``peak``: the peak matmul rate, measured at the start, after each sequence length and at the end of the run

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+import jax
+
 from . import _gradnorm, _impls, _plots, _report, _throughput
 from ._config import BenchConfig
 from ._env import environment, load_average
@@ -56,6 +58,28 @@ class _Progress:
         self.progress.stop()
 
 
+def cautions(env: dict[str, Any]) -> list[str]:
+    """What makes this run's timings unrepresentative, from its ``environment`` section and jax's options.
+
+    A busy machine (1-minute load average above 3/4 of the cores) inflates the absolute times, torch's threads most
+    of all; XLA compiling with its optimisations off (``JAX_DISABLE_MOST_OPTIMIZATIONS``, the test suite's setting)
+    slows every XLA implementation.
+    """
+    found = []
+    load = env["load_average"]["start"]
+    if load is not None and load[0] > 0.75 * env["cpu_count"]:
+        found.append(
+            f"the machine may be busy (load average {load[0]:.1f} on {env['cpu_count']} cores): other work inflates "
+            "absolute times (torch's threads most of all); the interleaved ratios hold up better"
+        )
+    if jax.config.values.get("jax_disable_most_optimizations", False):
+        found.append(
+            "XLA compiles with its optimisations off (JAX_DISABLE_MOST_OPTIMIZATIONS, the test suite's setting): "
+            "the XLA implementations' timings do not represent them"
+        )
+    return found
+
+
 def run(config: BenchConfig, out: str | pathlib.Path, console) -> tuple[dict[str, Any], list[pathlib.Path]]:
     """Runs the suite and writes ``<stem>.json``, ``<stem>.csv`` and ``<stem>-*.png`` into ``out``.
 
@@ -88,12 +112,8 @@ def run(config: BenchConfig, out: str | pathlib.Path, console) -> tuple[dict[str
         console.print("tuning environment: " + " ".join(f"{name}={value}" for name, value in env["tuning_env"].items()))
     for name, reason in skipped.items():
         console.print(f"[yellow]skipping {name}[/]: {reason}")
-    load = env["load_average"]["start"]
-    if load is not None and load[0] > 0.75 * env["cpu_count"]:
-        console.print(
-            f"[yellow]the machine may be busy (load average {load[0]:.1f} on {env['cpu_count']} cores)[/]: other "
-            "work inflates absolute times (torch's threads most of all); the interleaved ratios hold up better"
-        )
+    for caution in cautions(env):
+        console.print(f"[yellow]{caution}[/]")
 
     gradnorm_config = _gradnorm.GradNormConfig(seq_lens=config.seq_lens, seeds=config.seeds, batch=config.grad_batch)
     points = len(config.seq_lens) * len(_impls.MODES) * len(impls) * _throughput.steps_per_point(config)
