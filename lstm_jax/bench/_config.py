@@ -50,7 +50,7 @@ class BenchConfig:
 
 
 DEFAULT = BenchConfig()
-"""``make bench``: T = 16 … 4096, under 10 minutes on 2 CPU cores."""
+"""``make bench``: T = 16 … 4096, 7–14 minutes on 2 CPU cores (the Xeon and the EPYC of the README)."""
 
 QUICK = BenchConfig(
     seq_lens=(16, 128),
