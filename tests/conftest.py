@@ -6,8 +6,9 @@ import os
 # compile with LLVM's optimisation off (jax's `jax_disable_most_optimizations`: backend optimisation level 0, no
 # expensive LLVM passes). It changes how the machine code is generated, not the program: XLA's HLO passes, and so
 # the fusions, buffers and custom calls that the HLO tests read, are the same, and the arithmetic is IEEE float
-# either way (XLA:CPU does not enable fast-math). Set in the environment, before jax is imported, so that every
-# subprocess a test starts (the CLI, training runs) inherits it; the benchmark never runs with it.
+# either way (XLA:CPU's fast-math is off by default). Set in the environment, before jax is imported, so that every
+# subprocess a test starts (the CLI, training runs) inherits it. A benchmark run records it (`tuning_env`) and says
+# that its XLA timings do not count (`lstm_jax.bench._suite.cautions`); `make bench` runs without it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # after the environment above, which jax reads when it is imported
