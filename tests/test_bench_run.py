@@ -248,19 +248,19 @@ def test_bidirectional_runs_say_so(quick_run):
     assert "L=2 bidirectional" in _subtitle(doc)
 
 
-def test_settle_calls_for_at_least_the_given_time():
-    """settle: untimed calls until the time is up, and always at least one (the --quick sweep's settle_s = 0)."""
-    import time as clock
+def test_settle_calls_for_at_least_the_given_time(monkeypatch):
+    """settle: untimed calls until the time is up, and always at least one (the --quick sweep's settle_s = 0).
+    Each call advances a fake clock by 4 ms, so the count is exact whatever the machine's load."""
+    from lstm_jax.bench import _timing
 
-    from lstm_jax.bench._timing import settle
+    now = [0.0]
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: now[0])
 
     def call():
-        clock.sleep(0.004)
+        now[0] += 0.004
 
-    assert settle(call, 0.0) == 1
-    start = clock.perf_counter()
-    calls = settle(call, 0.03)
-    assert clock.perf_counter() - start >= 0.03 and 0.03 / 0.004 - 1 <= calls <= 0.03 / 0.004 + 2
+    assert _timing.settle(call, 0.0) == 1
+    assert _timing.settle(call, 0.03) == 8  # 7 calls are 28 ms, the 8th reaches 32
 
 
 def test_tuning_environment_is_recorded(monkeypatch):
