@@ -15,7 +15,9 @@ import jax  # after the environment above, which jax reads when it is imported
 import pytest
 
 # jax may already have been imported (by a doctest's module) before this file: set the option directly too.
-jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", ""))
+# (Read as jax reads it, so that JAX_DISABLE_MOST_OPTIMIZATIONS=0 or =false runs the tests fully optimised.)
+_quick_compile = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "t", "yes", "y", "on")
+jax.config.update("jax_disable_most_optimizations", _quick_compile)
 
 # Implicit rank promotion hides shape bugs (a (4H,) bias silently broadcast against the wrong axis); the library
 # must be correct with it forbidden.

@@ -283,7 +283,7 @@ def test_tuning_environment_is_recorded(monkeypatch):
 
 def test_a_busy_machine_and_unoptimised_xla_are_called_out():
     """The run says when its timings are not representative: a loaded machine, or XLA without its optimisations (the
-    test suite's own setting, so on here; a plain run of the benchmark has it off)."""
+    test suite's own setting; a plain run of the benchmark has it off)."""
     import jax
 
     from lstm_jax.bench._suite import cautions
@@ -291,16 +291,16 @@ def test_a_busy_machine_and_unoptimised_xla_are_called_out():
     busy, idle, unknown = (
         {"load_average": {"start": load}, "cpu_count": 2} for load in ([1.9, 1, 1], [1.0, 1, 1], None)
     )
-    optimisations_off = jax.config.values["jax_disable_most_optimizations"]
-    assert optimisations_off  # tests/conftest.py
-    assert [("busy" in c, "optimisations off" in c) for c in cautions(busy)] == [(True, False), (False, True)]
-    assert [("busy" in c, "optimisations off" in c) for c in cautions(idle)] == [(False, True)]
+    previous = jax.config.values["jax_disable_most_optimizations"]  # on, unless the environment turned it off
     try:
+        jax.config.update("jax_disable_most_optimizations", True)
+        assert [("busy" in c, "optimisations off" in c) for c in cautions(busy)] == [(True, False), (False, True)]
+        assert [("busy" in c, "optimisations off" in c) for c in cautions(idle)] == [(False, True)]
         jax.config.update("jax_disable_most_optimizations", False)
         assert len(cautions(busy)) == 1 and "busy" in cautions(busy)[0]
         assert cautions(idle) == cautions(unknown) == []
     finally:
-        jax.config.update("jax_disable_most_optimizations", optimisations_off)
+        jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def test_torch_on_the_cpu_is_not_compared_with_jax_on_a_gpu(monkeypatch):
