@@ -8,6 +8,7 @@ import functools
 import json
 import mmap
 import os
+import platform
 import subprocess
 import sys
 
@@ -42,10 +43,12 @@ def _loss_and_grads(impl, params, xs, state, lengths, coefficients):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
 
 
-# (T, B, I, H): B not a multiple of the tile's rows (6 with AVX-512, 3 without), H not a multiple of the unit block
-# (16 units with AVX-512, 8 without; H = 20 and 7 are neither), I + H and 4H across the 128-row chunks (the x/h
-# boundary inside a chunk), one unit block only (H = 7: a second thread has nothing to do), T = 1.
-SHAPES = [(5, 5, 6, 20), (4, 6, 100, 40), (3, 1, 3, 7), (1, 4, 16, 16)]
+# (T, B, I, H): B not a multiple of the tile's rows (6 with AVX-512, 3 without), and B = 13 split into tiles of
+# unequal heights (6, 4, 3 rows; 3, 3, 3, 2, 2), H not a multiple of the unit block (16 units with AVX-512, 8
+# without; H = 20 and 7 are neither), I + H and 4H across the 128-row chunks (the x/h boundary inside a chunk), one
+# unit block only (H = 7: a second thread has nothing to do), T = 1. test_the_other_tiling_gives_the_same_results
+# runs these with the other kind of CPU's tiles.
+SHAPES = [(5, 5, 6, 20), (4, 6, 100, 40), (3, 1, 3, 7), (1, 4, 16, 16), (2, 13, 5, 24)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}".format(*s))
@@ -194,6 +197,48 @@ def test_falls_back_where_it_does_not_apply(case):
 
         assert not _targets(lambda: run("kernel"))
         np.testing.assert_array_equal(jax.jit(lambda: run("kernel"))(), jax.jit(lambda: run("bptt"))())
+
+
+def _cpu_units() -> int:
+    with open("/proc/cpuinfo") as cpuinfo:
+        return 16 if " avx512f" in cpuinfo.read() else 8
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="tile widths are chosen for x86-64")
+def test_tiles_follow_the_cpu_unless_told_otherwise():
+    # -march=native: 16-float vectors on a CPU without AVX-512 take two registers each, and the tiles' accumulators
+    # spilled to the stack (a training step 7x as long as torch's on an AVX2 EPYC).
+    want = int(os.environ.get("LSTM_JAX_KERNEL_UNITS") or _cpu_units())
+    assert _kernel.units() == want
+    assert f"blocks of {want} hidden units" in _kernel.status()[1]
+
+
+@pytest.mark.skipif("LSTM_JAX_KERNEL_UNITS" in os.environ, reason="runs the tests with the other tiling itself")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="tile widths are chosen for x86-64")
+def test_the_other_tiling_gives_the_same_results():
+    """The kernel built with the other kind of CPU's tiles (``$LSTM_JAX_KERNEL_UNITS``): on an AVX2 machine the
+    AVX-512 tiling (16-unit blocks, 6-row tiles, 4-row weight-gradient tiles), in pairs of registers, and the other
+    way round, through the tests of values and gradients above, in a process of its own (the build is per process)."""
+    other = 24 - _cpu_units()
+    tests = "tiles_follow or matches_reference_path or thread_count or blocks_of_steps"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+        env={**os.environ, "LSTM_JAX_KERNEL_UNITS": str(other)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, summary
+
+
+def test_an_unknown_tile_width_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("LSTM_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("LSTM_JAX_KERNEL_UNITS", "12")
+    available, why = _kernel._load()
+    assert not available and "LSTM_JAX_KERNEL_UNITS must be 8 or 16" in why and "'12'" in why
+    assert not list(tmp_path.glob("*.so"))
 
 
 def test_unavailable_kernel_says_why(monkeypatch, tmp_path):

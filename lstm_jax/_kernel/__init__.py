@@ -10,7 +10,10 @@ The kernel is compiled from source on first use with the system's C++ compiler (
 machine it runs on (``-march=native``), and cached in ``$LSTM_JAX_CACHE`` (default ``~/.cache/lstm_jax``). Where
 it cannot be built or does not apply — no compiler, a non-CPU default backend, float64 or bf16 kernels, projections,
 peepholes, layer norm — the driver runs the ``Impl.BPTT`` path instead; :func:`status` says which and why.
-``LSTM_JAX_KERNEL=0`` turns the kernel off.
+``LSTM_JAX_KERNEL=0`` turns the kernel off. Its register tiles follow the CPU: blocks of 16 hidden units with
+AVX-512, else 8 (:func:`units`); ``LSTM_JAX_KERNEL_UNITS=8`` or ``16`` builds either on any x86-64 CPU, which is how
+the tests check the AVX-512 tiling on a machine without it (16-float vectors then take two AVX registers each,
+several times slower: a test setting, not a tuning knob).
 
 More environment variables tune it: ``LSTM_JAX_KERNEL_INPUT_STEPS`` (time steps per block of its input-side
 work; see :func:`_input_steps`), ``LSTM_JAX_KERNEL_GRADIENT_STEPS`` (time steps per weight-gradient update of the
@@ -67,8 +70,19 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
+def _units_flags() -> list[str]:
+    """The build's tile width, from ``$LSTM_JAX_KERNEL_UNITS``: unset or empty lets the source choose by the CPU."""
+    units = os.environ.get("LSTM_JAX_KERNEL_UNITS", "")
+    if units == "":
+        return []
+    if units not in ("8", "16"):
+        raise ValueError(f"LSTM_JAX_KERNEL_UNITS must be 8 or 16 (hidden units per block), not {units!r}")
+    return [f"-DLSTM_JAX_UNITS={units}"]
+
+
 def _compile(compiler: str) -> Path:
-    flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", f"-I{jax.ffi.include_dir()}"]
+    flags = ["-O3", "-march=native", *_units_flags(), "-std=c++17", "-shared", "-fPIC", "-pthread"]
+    flags.append(f"-I{jax.ffi.include_dir()}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256(
         "\n".join([SOURCE.read_text(), " ".join(flags), version, jax.__version__, _cpu_signature()]).encode()
@@ -95,13 +109,13 @@ def _load() -> tuple[bool, str]:
         return False, f"no C++ compiler found ({os.environ.get('CXX', 'c++')!r}; set CXX)"
     try:
         library = ctypes.CDLL(str(_compile(compiler)))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
         return False, f"the kernel could not be built: {error}"
     for target, symbol in _TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     global _library
     _library = library
-    return True, f"built with {compiler}, loaded from {library._name}"
+    return True, f"built with {compiler} (blocks of {library.LstmJaxUnits()} hidden units), loaded from {library._name}"
 
 
 def status() -> tuple[bool, str]:
@@ -111,6 +125,12 @@ def status() -> tuple[bool, str]:
         if _status is None:
             _status = _load()
         return _status
+
+
+def units() -> int | None:
+    """Hidden units per block of the built kernel, its register tiles' vector width: 16 where the CPU has
+    AVX-512, else 8, unless ``$LSTM_JAX_KERNEL_UNITS`` (8 or 16) says otherwise; None where it is not available."""
+    return _library.LstmJaxUnits() if status()[0] else None
 
 
 def available() -> bool:

@@ -59,16 +59,18 @@ namespace {
 // 8 floats), 16-float vectors compiled to pairs of registers and the 48 accumulators of that tile spilled to the
 // stack at every multiply-add: on a 2-core AMD EPYC (Zen 1) a one-layer training step at T = 16, I = H = 256 took
 // 218 ms against torch's 31. There a block is 8 units and a tile 3 rows x 4 vectors = 12 accumulators, with room
-// for the 4 panel vectors it multiplies.
-#ifdef __AVX512F__
-constexpr int kUnits = 16;     // hidden units per block: one vector
-constexpr int kRows = 6;       // rows of a register tile of 4 vectors
-constexpr int kOuterRows = 4;  // weight-gradient rows per tile of the update (4 x 4 accumulators)
-#else
-constexpr int kUnits = 8;
-constexpr int kRows = 3;
-constexpr int kOuterRows = 3;
+// for the 4 panel vectors it multiplies. LSTM_JAX_UNITS (8 or 16; the build's -D flag, set from
+// $LSTM_JAX_KERNEL_UNITS) picks either tiling on any x86-64 CPU, so that the tests run both: 16-float vectors
+// without AVX-512 compile to pairs of AVX registers, slow but the same arithmetic in the same order.
+#if !defined(LSTM_JAX_UNITS) && defined(__AVX512F__)
+#define LSTM_JAX_UNITS 16
+#elif !defined(LSTM_JAX_UNITS)
+#define LSTM_JAX_UNITS 8
 #endif
+constexpr int kUnits = LSTM_JAX_UNITS;  // hidden units per block: one vector
+static_assert(kUnits == 8 || kUnits == 16, "LSTM_JAX_UNITS: hidden units per block, 8 or 16");
+constexpr int kRows = kUnits == 16 ? 6 : 3;       // rows of a register tile of 4 vectors
+constexpr int kOuterRows = kUnits == 16 ? 4 : 3;  // weight-gradient rows per tile of the update (4 x 4 accumulators)
 constexpr int kColumns = 4 * kUnits;  // a unit block's gate columns: i, f, g, o of its units, side by side
 
 // One vector of kUnits floats (one register of its width), and the same type for loads and stores at any address.
@@ -94,11 +96,16 @@ inline void store_n(float* p, vec v, int n) {
 // store_n, or with a non-temporal store (around the caches) when `stream` and a whole aligned vector goes out.
 inline void store_n(float* p, vec v, int n, bool stream) {
   if (stream && n == kUnits && (reinterpret_cast<uintptr_t>(p) % sizeof(vec)) == 0) {
-#if defined(__AVX512F__)
+#if LSTM_JAX_UNITS == 16 && defined(__AVX512F__)
     _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
     return;
-#elif defined(__AVX__)
+#elif LSTM_JAX_UNITS == 8 && defined(__AVX__)
     _mm256_stream_ps(p, reinterpret_cast<__m256>(v));
+    return;
+#elif defined(__AVX__)  // 16 floats without AVX-512: two 256-bit halves
+    const float* lanes = reinterpret_cast<const float*>(&v);
+    _mm256_stream_ps(p, _mm256_loadu_ps(lanes));
+    _mm256_stream_ps(p + 8, _mm256_loadu_ps(lanes + 8));
     return;
 #endif
   }
@@ -1023,6 +1030,9 @@ ffi::Future Backward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> w_ih_0, ffi
 }
 
 }  // namespace
+
+// Hidden units per block, the register tiles' vector width (the status line and the tests read it).
+extern "C" int LstmJaxUnits() { return kUnits; }
 
 // For the tests: prefault() of part `part` of `parts` of a buffer.
 extern "C" void LstmJaxPrefault(void* data, int64_t bytes, int part, int parts) {
