@@ -39,6 +39,7 @@ def test_json_has_every_documented_field(quick_run):
     peaks = doc["peak"]["measurements"]
     assert [p["when"] for p in peaks] == ["start", *(f"after T={t}" for t in QUICK.seq_lens), "end"]
     assert doc["peak"]["gflops"] == max(p["gflops"] for p in peaks) > 0
+    assert {p["size"] for p in peaks} == {QUICK.peak_size} == {512}  # the quick sweep's small peak matmul
 
 
 def test_every_available_implementation_is_timed_at_every_point(quick_run):
@@ -128,11 +129,13 @@ def test_compare_prints_runs_side_by_side(quick_run, tmp_path, capsys):
 
 
 def test_compare_reads_runs_from_before_bidirectional_as_unidirectional(quick_run, tmp_path, capsys):
-    """... runs from before settle_s as timed without settling, and from before tuning_env with none recorded."""
+    """... runs from before settle_s as timed without settling, from before tuning_env with none recorded, and from
+    before peak_size with the platform's default peak matmul."""
     _, _, doc = quick_run
     old = json.loads(json.dumps(doc))
     del old["config"]["bidirectional"]
     del old["config"]["settle_s"]
+    del old["config"]["peak_size"]
     del old["environment"]["tuning_env"]
     for row in old["throughput"]:
         del row["bidirectional"]
@@ -140,6 +143,7 @@ def test_compare_reads_runs_from_before_bidirectional_as_unidirectional(quick_ru
     path.write_text(json.dumps(old))
     loaded = load(path)
     assert loaded["config"]["bidirectional"] is False and loaded["config"]["settle_s"] == 0.0
+    assert loaded["config"]["peak_size"] is None
     assert loaded["environment"]["tuning_env"] == {}
     assert all(row["bidirectional"] is False for row in loaded["throughput"])
     assert main(["bench", "--compare", str(path)]) == 0
@@ -261,6 +265,15 @@ def test_settle_calls_for_at_least_the_given_time(monkeypatch):
 
     assert _timing.settle(call, 0.0) == 1
     assert _timing.settle(call, 0.03) == 8  # 7 calls are 28 ms, the 8th reaches 32
+
+
+def test_peak_matmul_size_is_the_platforms_unless_given():
+    from lstm_jax.bench import _timing
+
+    assert _timing._peak_size("cpu") == 2048 and _timing._peak_size("gpu") == 8192
+    peak = _timing.measure_peak("float32", "cpu", repeats=1, size=96)
+    assert peak["size"] == 96 and peak["dtype"] == "float32" and peak["gflops"] > 0
+    assert peak["gflops"] == max(peak["jax_gflops"], peak["torch_gflops"] or 0.0)
 
 
 def test_tuning_environment_is_recorded(monkeypatch):

@@ -26,6 +26,8 @@ class BenchConfig:
       settle_s: untimed calls of the same implementation before each timed repeat, for at least this long (at
         least one call), so that threads the previously timed implementation left spinning (torch's OpenMP
         workers, for tens of milliseconds) do not slow this one down (``lstm_jax.bench._timing.settle``).
+      peak_size: N of the (N, N) @ (N, N) matmul whose best rate is the peak every row's ``peak_fraction`` divides
+        by; None for the platform's default (2048 on a CPU, 8192 on a GPU: large enough to reach the plateau).
       seeds: initialisations averaged by the gradient-norm part.
       grad_batch: sequences per seed in the gradient-norm part (whose I = 32 and H = 64 are fixed: see
         ``lstm_jax.bench._gradnorm.GradNormConfig``).
@@ -44,6 +46,7 @@ class BenchConfig:
     point_budget_s: float = 40.0
     min_time_s: float = 0.2
     settle_s: float = 0.08
+    peak_size: int | None = None
     seeds: int = 5
     grad_batch: int = 16
     quick: bool = False
@@ -61,8 +64,11 @@ QUICK = BenchConfig(
     point_budget_s=5.0,
     min_time_s=0.02,
     settle_s=0.0,
+    peak_size=512,
     seeds=3,
     grad_batch=8,
     quick=True,
 )
-"""``--quick``: a small sweep, well under a minute on 2 CPU cores (the tests run it)."""
+"""``--quick``: a small sweep, well under a minute on 2 CPU cores (the tests run it). Its peak is measured on a
+512² matmul, a sixty-fourth of the default's work and below the plateau on a CPU: a rough scale for its small shapes,
+not a figure to quote."""

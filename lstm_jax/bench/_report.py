@@ -91,6 +91,7 @@ SCHEMA: dict[str, Any] = {
         "point_budget_s": NUMBER,
         "min_time_s": NUMBER,
         "settle_s": NUMBER,
+        "peak_size": (int, type(None)),
         "seeds": int,
         "grad_batch": int,
         "quick": bool,
@@ -170,13 +171,14 @@ def write_json(doc: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def load(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads and validates a results JSON; one written before ``bidirectional`` (``settle_s``, ``tuning_env``) was
-    recorded gets it as False (0: no settling; {}: none recorded)."""
+    """Reads and validates a results JSON; one written before ``bidirectional`` (``settle_s``, ``tuning_env``,
+    ``peak_size``) was recorded gets it as False (0: no settling; {}: none recorded; None: the platform's default)."""
     doc = json.loads(pathlib.Path(path).read_text())
     # Every run before the fields existed was unidirectional and timed without settling.
     if isinstance(doc, dict):
         if isinstance(doc.get("config"), dict):
             doc["config"].setdefault("settle_s", 0.0)
+            doc["config"].setdefault("peak_size", None)
         if isinstance(doc.get("environment"), dict):
             doc["environment"].setdefault("tuning_env", {})
         for fields in [doc.get("config"), *(doc.get("throughput") or [])]:

@@ -123,7 +123,7 @@ def run(config: BenchConfig, out: str | pathlib.Path, console) -> tuple[dict[str
 
         def measure(when: str) -> None:
             progress.tick(f"peak matmul rate ({when})", 0)
-            peaks.append({"when": when, **measure_peak(config.dtype, env["platform"])})
+            peaks.append({"when": when, **measure_peak(config.dtype, env["platform"], size=config.peak_size)})
             progress.tick("", 1)
 
         measure("start")

@@ -60,8 +60,9 @@ def _peak_size(platform: str) -> int:
     return 2048 if platform == "cpu" else 8192
 
 
-def measure_peak(dtype: str, platform: str, *, repeats: int = 3) -> dict[str, Any]:
-    """Best achieved rate of a square (N, N) @ (N, N) matmul, with XLA (``jnp.dot``) and, when installed, torch.
+def measure_peak(dtype: str, platform: str, *, repeats: int = 3, size: int | None = None) -> dict[str, Any]:
+    """Best achieved rate of a square (N, N) @ (N, N) matmul, with XLA (``jnp.dot``) and, when installed, torch; N is
+    ``size``, or by default 2048 on a CPU and 8192 on a GPU.
 
     The best of ``repeats`` timings after a warm-up call: a peak is what the hardware can do, so the fastest run
     is the estimate least disturbed by other load. ``gflops`` is the higher of the two libraries.
@@ -72,7 +73,7 @@ def measure_peak(dtype: str, platform: str, *, repeats: int = 3) -> dict[str, An
     import jax
     import jax.numpy as jnp
 
-    size = _peak_size(platform)
+    size = size or _peak_size(platform)
     flop = matmul_flops(size, size, size)
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.random.normal(k, (size, size), jnp.dtype(dtype)) for k in keys)
