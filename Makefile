@@ -23,7 +23,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 # Two pytest workers (pytest-xdist): most of the suite's time is XLA compiling, one test at a time per process;
 # more workers than cores would only fight over them (the kernel's calls spin on all cores). tests/conftest.py
 # also has XLA compile without LLVM's optimisations. On a 2-core AMD EPYC: 877 s in one process, 636 s in two,
-# 408 s in two with quick compiles.
+# 408 s in two with quick compiles; 441-447 s since the kernel's checks also run with AVX-512's tiles (session 14).
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -n 2
 
