@@ -9,6 +9,7 @@ import json
 import mmap
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -233,6 +234,19 @@ def test_the_other_tiling_gives_the_same_results():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary and "failed" not in summary, summary
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="tile widths are chosen for x86-64")
+@pytest.mark.parametrize("march", ["haswell", "skylake-avx512"], ids=["avx2", "avx512"])
+def test_the_source_compiles_for_either_kind_of_cpu(march):
+    """Each CPU compiles only its own branches (the vector width, the non-temporal stores' intrinsics): the tests
+    above run the other kind's tiles, this type-checks the other kind's own code, as ``-march`` there would build it."""
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    flags = ["-fsyntax-only", f"-march={march}", "-std=c++17", f"-I{jax.ffi.include_dir()}"]
+    result = subprocess.run([compiler, *flags, str(_kernel.SOURCE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_an_unknown_tile_width_is_refused(monkeypatch, tmp_path):
