@@ -223,9 +223,10 @@ def test_the_other_tiling_gives_the_same_results():
     other = 24 - _cpu_units()
     # Bidirectional only: each direction's unit blocks on a thread of their own, the same tiles as one direction's
     # split between threads (which test_any_thread_count_gives_the_same_results covers, 3 threads on 4 blocks).
+    groups = ["tiles_follow", "matches_reference_path", "thread_count", "blocks_of_steps"]
     tests = "tiles_follow or (matches_reference_path and bi) or thread_count or blocks_of_steps"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", tests],
+        [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", __file__, "-k", tests],
         env={**os.environ, "LSTM_JAX_KERNEL_UNITS": str(other)},
         capture_output=True,
         text=True,
@@ -234,6 +235,10 @@ def test_the_other_tiling_gives_the_same_results():
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary and "failed" not in summary, summary
+    # Every group ran (a renamed test would otherwise drop out of the selection silently).
+    passed = [line for line in result.stdout.splitlines() if line.endswith("PASSED") or " PASSED " in line]
+    for group in groups:
+        assert any(group in line for line in passed), f"no {group} test ran:\n{result.stdout[-3000:]}"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="tile widths are chosen for x86-64")
